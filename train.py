@@ -1,0 +1,271 @@
+"""Train the reference network on MNIST; write the model, its LiteRT export, metrics and history.png.
+
+    python train.py                                   # the shipped model (downloads MNIST)
+    python train.py --data ../shared/data/mnist.npz   # the same, offline
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the console
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from data import DataError, load_mnist  # noqa: E402
+from model import build_model  # noqa: E402
+
+MODEL_FILE = "mnist_cnn.keras"
+LITERT_FILE = "mnist_cnn.tflite"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.png"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", help="a Keras-layout mnist.npz or a folder of the four IDX files "
+                                  "(default: download through Keras)")
+    p.add_argument("--out-dir", default=".", help="where the model, metrics and plot are written")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--learning-rate", type=float, default=3e-3, help="peak of the warm-up + cosine schedule")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the training set held out for validation (the test set is used once, at the end)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto",
+                   help="auto: mixed_bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX), else float32")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="train on the digits as they are")
+    p.add_argument("--rotation", type=float, default=10.0, help="augmentation: max rotation, degrees")
+    p.add_argument("--zoom", type=float, default=0.1, help="augmentation: max relative scale change")
+    p.add_argument("--shear", type=float, default=0.1, help="augmentation: max shear factor")
+    p.add_argument("--shift", type=float, default=2.0, help="augmentation: max translation, pixels")
+    p.add_argument("--stroke", type=float, default=0.5, help="augmentation: max stroke thinning/thickening, 0-1")
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1:
+        p.error("--epochs and --batch-size must be at least 1")
+    if not 0 < args.val_fraction < 1:
+        p.error("--val-fraction must lie between 0 and 1")
+    return args
+
+
+def resolve_precision(precision):
+    """Return the Keras dtype policy name for `precision` on this machine."""
+    if precision != "auto":
+        return precision
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
+def split_validation(x, y, fraction, seed):
+    """Hold a random, seeded share of the training set out for validation."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = max(1, round(len(x) * fraction))
+    val, train = order[:n_val], order[n_val:]
+    return (x[train], y[train]), (x[val], y[val])
+
+
+def augment_batch(images, seed, args):
+    """Randomly rotate, scale, shear, shift and thin/thicken a batch of 28x28x1 images.
+
+    Stateless random ops keyed by `seed` keep a seeded run repeatable even though
+    batches are augmented in parallel.
+    """
+    n = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+
+    def uniform(i, limit):
+        return tf.random.stateless_uniform([n], seeds[i], -limit, limit)
+
+    angle = uniform(0, math.radians(args.rotation))
+    scale = 1.0 + uniform(1, args.zoom)
+    shear = uniform(2, args.shear)
+    shift_x, shift_y = uniform(3, args.shift), uniform(4, args.shift)
+    # The transform maps output pixel coordinates to input ones, about the image centre.
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    a0, a1 = cos, -sin + shear * cos
+    b0, b1 = sin, cos + shear * sin
+    c = 13.5
+    a2 = c - a0 * c - a1 * c - shift_x
+    b2 = c - b0 * c - b1 * c - shift_y
+    zeros = tf.zeros([n])
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    images = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=[28, 28], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="CONSTANT")
+    # Stroke width: blend towards a 3x3 dilation (thicker) or erosion (thinner).
+    amount = tf.reshape(uniform(5, args.stroke), [n, 1, 1, 1])
+    thicker = tf.nn.max_pool2d(images, 3, 1, "SAME")
+    thinner = -tf.nn.max_pool2d(-images, 3, 1, "SAME")
+    target = tf.where(amount > 0, thicker, thinner)
+    return images + tf.abs(amount) * (target - images)
+
+
+def make_train_dataset(x, y, args):
+    """An endless tf.data pipeline of (pixels, one-hot labels) batches, reshuffled each epoch.
+
+    Each epoch is shuffled and augmented in one vectorised step, so augmentation
+    costs about a second an epoch instead of competing with training for the cores.
+    """
+    images = tf.constant(x[..., None], dtype=tf.float32)
+    labels = tf.one_hot(y, 10)
+
+    def epoch(seed):
+        shuffle_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        order = tf.random.experimental.stateless_shuffle(tf.range(len(x)), shuffle_seed)
+        epoch_images = tf.gather(images, order)
+        if args.augment:
+            epoch_images = augment_batch(epoch_images, augment_seed, args)
+        epoch_data = tf.data.Dataset.from_tensor_slices((epoch_images, tf.gather(labels, order)))
+        return epoch_data.batch(args.batch_size, drop_remainder=True)
+
+    epoch_seeds = tf.data.Dataset.random(seed=args.seed).batch(2)
+    return epoch_seeds.flat_map(epoch).prefetch(2)
+
+
+def compile_model(model, steps_per_epoch, args):
+    total = args.epochs * steps_per_epoch
+    warmup = min(int(args.warmup_epochs * steps_per_epoch), total - 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=args.learning_rate / 10, decay_steps=total - warmup,
+        warmup_target=args.learning_rate, warmup_steps=warmup)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+        metrics=["accuracy"])
+
+
+def evaluate(model, x, y):
+    """Return test metrics: accuracy, loss, per-class accuracy and the confusion matrix."""
+    probs = model.predict(x[..., None].astype("float32"), batch_size=1000, verbose=0)
+    predicted = probs.argmax(axis=1)
+    confusion = np.zeros((10, 10), dtype=int)
+    np.add.at(confusion, (y, predicted), 1)
+    loss = -np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1)))
+    return {
+        "test_accuracy": float((predicted == y).mean()),
+        "test_loss": float(loss),
+        "per_class_accuracy": [float(confusion[d, d] / max(1, confusion[d].sum())) for d in range(10)],
+        "confusion_matrix": confusion.tolist(),
+    }, probs
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path) for a temporary file beside `path`, then move it into place.
+
+    An interrupted run so leaves the previous file untouched, never a half-written one.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=os.path.splitext(name)[1], dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def export_litert(model, path):
+    """Export `model` for the LiteRT interpreter, which inference.py uses instead of TensorFlow."""
+    def write(tmp):
+        model.export(tmp, format="litert", verbose=False)
+    atomic_write(path, write)
+
+
+def plot_history(history, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "loss", "loss (label-smoothed)")):
+        ax.plot(epochs, history[metric], "o-", label="training (augmented)")
+        ax.plot(epochs, history[f"val_{metric}"], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_ylim(max(0.9, min(history["accuracy"] + history["val_accuracy"])), 1.0)
+    fig.suptitle("MNIST CNN: training vs validation")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def train(args):
+    """Train, evaluate on the test set once, and write the outputs. Returns the metrics."""
+    start = time.time()
+    keras.utils.set_random_seed(args.seed)
+    policy = resolve_precision(args.precision)
+    keras.mixed_precision.set_global_policy(policy)
+
+    (x_train, y_train), (x_test, y_test) = load_mnist(args.data)
+    (x_train, y_train), (x_val, y_val) = split_validation(x_train, y_train, args.val_fraction, args.seed)
+    args.batch_size = min(args.batch_size, len(x_train))
+    steps_per_epoch = len(x_train) // args.batch_size
+
+    model = build_model()
+    compile_model(model, steps_per_epoch, args)
+    val = (x_val[..., None].astype("float32"), keras.utils.to_categorical(y_val, 10))
+    history = model.fit(make_train_dataset(x_train, y_train, args), epochs=args.epochs,
+                        steps_per_epoch=steps_per_epoch, validation_data=val,
+                        verbose=1 if sys.stdout.isatty() else 2)
+    train_time = time.time() - start
+
+    # Save a float32 copy: it runs everywhere, and, never compiled, it carries no optimizer state.
+    keras.mixed_precision.set_global_policy("float32")
+    final = build_model()
+    final.set_weights(model.get_weights())
+    metrics, _ = evaluate(final, x_test, y_test)
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    atomic_write(os.path.join(args.out_dir, MODEL_FILE), final.save)
+    export_litert(final, os.path.join(args.out_dir, LITERT_FILE))
+    plot_history(history.history, os.path.join(args.out_dir, HISTORY_FILE))
+    metrics.update({
+        "config": {**vars(args), "precision": policy},
+        "data": args.data or "keras download",
+        "train_size": len(x_train), "val_size": len(x_val), "test_size": len(x_test),
+        "val_accuracy": float(history.history["val_accuracy"][-1]),
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "train_seconds": round(train_time, 1),
+        "wall_seconds": round(time.time() - start, 1),
+        "hardware": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    })
+    atomic_write(os.path.join(args.out_dir, METRICS_FILE),
+                 lambda tmp: open(tmp, "w").write(json.dumps(metrics, indent=1) + "\n"))
+    return metrics
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        metrics = train(args)
+    except DataError as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: no file was written or changed")
+    print(f"test accuracy {metrics['test_accuracy']:.2%} (loss {metrics['test_loss']:.4f}), "
+          f"wall time {metrics['wall_seconds']:.0f} s; wrote {args.out_dir}/{MODEL_FILE}, {LITERT_FILE}, "
+          f"{METRICS_FILE}, {HISTORY_FILE}")
+
+
+if __name__ == "__main__":
+    main()
