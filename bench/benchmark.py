@@ -1,0 +1,131 @@
+"""Benchmark training: throughput against the arithmetic floor, and accuracy over seeds.
+
+    python bench/benchmark.py throughput --data ../shared/data/mnist.npz
+    python bench/benchmark.py accuracy --data ../shared/data/mnist.npz --seeds 0 1 2 [-- TRAIN.PY OPTIONS]
+
+Benchmarks measure; they are not tests and the test suite never runs them.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def forward_macs(model):
+    """Multiply-adds of one forward pass, counted from the convolution and dense layers."""
+    macs = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            h, w, out_channels = layer.output.shape[1:]
+            kh, kw, in_channels, _ = layer.kernel.shape
+            macs += h * w * out_channels * kh * kw * in_channels
+        elif kind == "Dense":
+            macs += layer.kernel.shape[0] * layer.kernel.shape[1]
+    return macs
+
+
+def matmul_gflops(tf, dtype, n=2048, repeats=10):
+    """Measured matrix-multiply speed of this CPU, the practical peak for this network's work."""
+    a = tf.random.normal([n, n], dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    tf.matmul(a, a).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        tf.matmul(a, a).numpy()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def throughput(args):
+    import keras
+    import tensorflow as tf
+
+    import train
+    from data import load_mnist
+    from model import build_model
+
+    (x, y), _ = load_mnist(args.data)
+    x, y = x[:54_000], y[:54_000]
+    flops_per_image = 3 * 2 * forward_macs(build_model())  # forward + backward ~ 3x forward
+    peak = matmul_gflops(tf, tf.float32)
+    floor = flops_per_image * 60_000 / (peak * 1e9)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; TensorFlow {tf.__version__}")
+    print(f"work: {flops_per_image / 1e6:.1f} MFLOP per training image, {flops_per_image * 60_000 / 1e12:.2f} TFLOP "
+          f"per 60,000-image epoch")
+    print(f"float32 matmul: {peak:.0f} GFLOP/s measured -> floor {floor:.1f} s per epoch\n")
+    print(f"| precision | augmentation | batch | images/s | s per epoch | x floor |")
+    print(f"|---|---|---|---|---|---|")
+    for precision in args.precisions:
+        for augment in (False, True):
+            keras.mixed_precision.set_global_policy(precision)
+            options = ["--epochs", "1000", "--batch-size", str(args.batch_size)] + ([] if augment else ["--no-augment"])
+            run = train.parse_args(options)
+            model = build_model()
+            train.compile_model(model, 421, run)
+            data = iter(train.make_train_dataset(x, y, run))
+            model.fit(data, steps_per_epoch=32, epochs=1, verbose=0)  # warm up: trace and allocate
+            start = time.perf_counter()
+            model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0)
+            rate = args.steps * args.batch_size / (time.perf_counter() - start)
+            print(f"| {precision} | {'on' if augment else 'off'} | {args.batch_size} | {rate:,.0f} | "
+                  f"{60_000 / rate:.1f} | {60_000 / rate / floor:.1f} |", flush=True)
+
+
+def accuracy(args, train_options):
+    rows = []
+    for seed in args.seeds:
+        out = ROOT / "runs" / "bench" / f"seed{seed}"
+        command = [sys.executable, str(ROOT / "train.py"), "--seed", str(seed), "--out-dir", str(out), *train_options]
+        if args.data:
+            command += ["--data", args.data]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        metrics = json.loads((out / "metrics.json").read_text())
+        rows.append((seed, metrics, wall))
+        print(f"seed {seed}: test {metrics['test_accuracy']:.2%}, val {metrics['val_accuracy']:.2%}, "
+              f"{wall:.0f} s", flush=True)
+    config = rows[0][1]["config"]
+    print(f"\ntrain.py {' '.join(train_options) or '(defaults)'}: {config['epochs']} epochs, batch {config['batch_size']}, "
+          f"{config['precision']}; {rows[0][1]['hardware']}\n")
+    print("| seed | test accuracy | validation accuracy | wall time | s per epoch (median) |")
+    print("|---|---|---|---|---|")
+    for seed, metrics, wall in rows:
+        print(f"| {seed} | {metrics['test_accuracy']:.2%} | {metrics['val_accuracy']:.2%} | {wall / 60:.1f} min | "
+              f"{statistics.median(metrics['epoch_seconds']):.1f} |")
+    tests = [m["test_accuracy"] * 100 for _, m, _ in rows]
+    spread = statistics.stdev(tests) if len(tests) > 1 else 0.0
+    print(f"| mean ± sd | {statistics.mean(tests):.2f} ± {spread:.2f}% | | "
+          f"{statistics.mean(w for *_, w in rows) / 60:.1f} min | |")
+
+
+def main():
+    argv = sys.argv[1:]
+    train_options = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    speed = commands.add_parser("throughput", help="training images per second against the floor")
+    speed.add_argument("--data", help="mnist.npz or IDX folder (default: Keras download)")
+    speed.add_argument("--steps", type=int, default=160, help="timed training steps per configuration")
+    speed.add_argument("--batch-size", type=int, default=128)
+    speed.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
+    seeds = commands.add_parser("accuracy", help="full training runs over seeds")
+    seeds.add_argument("--data", help="mnist.npz or IDX folder (default: Keras download)")
+    seeds.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    throughput(args) if args.command == "throughput" else accuracy(args, train_options)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Shared fixtures: paths, the small committed MNIST fixture, and one tiny training run."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "mnist_small.npz"
+SHIPPED_LITERT = ROOT / "mnist_cnn.tflite"
+SHIPPED_KERAS = ROOT / "mnist_cnn.keras"
+
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def small_mnist():
+    """400 real MNIST digits: 300 for training, 100 from the official test set."""
+    with np.load(FIXTURE) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+@pytest.fixture(scope="session")
+def shipped_model():
+    if not SHIPPED_LITERT.is_file() or not SHIPPED_KERAS.is_file():
+        pytest.skip("the shipped model is absent (run python train.py)")
+    return SHIPPED_LITERT
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One tiny training run on the fixture: the output folder and its metrics."""
+    import train
+
+    out = tmp_path_factory.mktemp("smoke")
+    metrics = train.train(train.parse_args(
+        ["--data", str(FIXTURE), "--epochs", "2", "--batch-size", "32", "--out-dir", str(out), "--seed", "1"]))
+    return out, metrics

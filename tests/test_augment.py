@@ -1,0 +1,44 @@
+"""Training augmentation keeps digits recognisable, is repeatable, and never touches evaluation or inference."""
+
+import numpy as np
+import tensorflow as tf
+
+import train
+from inference import predict
+
+
+def augmented(images, seed, **overrides):
+    args = train.parse_args([f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()])
+    batch = tf.constant(images[..., None], tf.float32)
+    return train.augment_batch(batch, tf.constant([seed, 0], tf.int64), args).numpy()[..., 0]
+
+
+def test_augmented_digits_are_still_recognised(shipped_model, small_mnist):
+    x, y = small_mnist["x_test"], small_mnist["y_test"]
+    clean = np.mean([p.digit == label for p, label in zip(predict(list(x)), y)])
+    for seed in range(3):
+        images = augmented(x, seed)
+        assert np.abs(images - x).mean() > 5  # the digits really were changed
+        accuracy = np.mean([p.digit == label for p, label in zip(predict(list(images)), y)])
+        assert accuracy >= clean - 0.03, f"seed {seed}: {accuracy:.0%} vs {clean:.0%} unaugmented"
+
+
+def test_augmentation_is_repeatable_and_seeded(small_mnist):
+    x = small_mnist["x_test"][:16]
+    assert np.array_equal(augmented(x, 5), augmented(x, 5))
+    assert not np.array_equal(augmented(x, 5), augmented(x, 6))
+    assert np.array_equal(augmented(x, 5, rotation=0, zoom=0, shear=0, shift=0, stroke=0), x.astype(np.float32))
+
+
+def test_no_augmentation_at_evaluation_or_inference(small_mnist):
+    from model import build_model
+
+    model = build_model()
+    assert not [layer for layer in model.layers if layer.__class__.__name__.startswith("Random")]
+    image = small_mnist["x_test"][:1, ..., None].astype(np.float32)
+    assert np.array_equal(model.predict(image, verbose=0), model.predict(image, verbose=0))
+    # --no-augment yields the training digits exactly as they are, only reordered.
+    args = train.parse_args(["--no-augment", "--batch-size", "50", "--epochs", "1"])
+    x, y = small_mnist["x_train"], small_mnist["y_train"]
+    images = np.concatenate([batch[0].numpy()[..., 0] for batch in train.make_train_dataset(x, y, args)])
+    assert sorted(map(bytes, images.astype(np.uint8))) == sorted(map(bytes, x))
