@@ -34,11 +34,11 @@ def parse_args(argv=None):
     p.add_argument("--data", help="a Keras-layout mnist.npz or a folder of the four IDX files; "
                                   "None downloads MNIST through Keras")
     p.add_argument("--out-dir", default=".", help="where the model, metrics and plot are written")
-    p.add_argument("--epochs", type=int, default=20, help="passes over the training set")
+    p.add_argument("--epochs", type=int, default=24, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=128, help="images per training step")
     p.add_argument("--learning-rate", type=float, default=2e-3, help="peak of the warm-up + cosine schedule")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decoupled weight decay")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="share of each target spread over the other classes")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="share of each target spread over the other classes")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="epochs of linear learning-rate warm-up")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the training set held out for validation (the test set is used once, at the end)")
@@ -117,6 +117,17 @@ def augment_batch(images, seed, args):
     return images + tf.abs(amount) * (target - images)
 
 
+def epoch_steps(n_images, batch_size):
+    """Training steps per epoch: whole batches, in whole runs of STEPS_PER_EXECUTION.
+
+    Keras runs steps in groups of steps_per_execution; an epoch that is not a whole
+    number of groups would eat into the next epoch's data. The few images left over
+    differ from epoch to epoch, as each epoch is shuffled anew.
+    """
+    steps = n_images // batch_size
+    return steps - steps % STEPS_PER_EXECUTION if steps >= STEPS_PER_EXECUTION else steps
+
+
 def make_train_dataset(x, y, args):
     """A tf.data pipeline of args.epochs epochs of (pixels, one-hot labels) batches.
 
@@ -135,7 +146,7 @@ def make_train_dataset(x, y, args):
         if args.augment:
             epoch_images = augment_batch(epoch_images, augment_seed, args)
         epoch_data = tf.data.Dataset.from_tensor_slices((epoch_images, tf.gather(labels, order)))
-        return epoch_data.batch(args.batch_size, drop_remainder=True)
+        return epoch_data.batch(args.batch_size, drop_remainder=True).take(epoch_steps(len(x), args.batch_size))
 
     # Exactly args.epochs epochs: an endless dataset makes fit() wait ~20 s at the end
     # while TensorFlow tears down the half-built next epoch.
@@ -193,6 +204,9 @@ def atomic_write(path, write):
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -213,7 +227,7 @@ def plot_history(history, path):
 
     epochs = np.arange(1, len(history["loss"]) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "loss", "loss (label-smoothed)")):
+    for ax, metric, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "loss", "loss")):
         ax.plot(epochs, history[metric], "o-", label="training (augmented)")
         ax.plot(epochs, history[f"val_{metric}"], "o-", label="validation")
         ax.set_xlabel("epoch")
@@ -242,7 +256,7 @@ def train(args):
     keras.mixed_precision.set_global_policy(policy)
     (x_train, y_train), (x_val, y_val) = split_validation(x_train, y_train, args.val_fraction, args.seed)
     args.batch_size = min(args.batch_size, len(x_train))
-    steps_per_epoch = len(x_train) // args.batch_size
+    steps_per_epoch = epoch_steps(len(x_train), args.batch_size)
 
     model = build_model()
     compile_model(model, steps_per_epoch, args)
