@@ -6,6 +6,7 @@
 (function () {
   const DEBOUNCE_MS = 150;
   const API = "/api/predict";
+  const LOW_CONFIDENCE = 0.5; // the CLI's inference.LOW_CONFIDENCE
 
   const canvas = document.getElementById("pad");
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
@@ -76,7 +77,7 @@
     result.dataset.state = "done";
     digitEl.textContent = String(data.digit);
     confidenceEl.textContent = percent(data.confidence) + " sure";
-    messageEl.textContent = data.confidence < 0.8 ? "Not sure: try drawing it larger or more clearly." : "";
+    messageEl.textContent = data.confidence < LOW_CONFIDENCE ? "Not sure: try drawing it larger or more clearly." : "";
     showBars(data.probabilities);
     if (final) {
       announceEl.textContent = "Predicted digit " + data.digit + ", " + percent(data.confidence) + " confidence.";

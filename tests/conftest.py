@@ -1,7 +1,6 @@
 """Shared fixtures: paths, the small committed MNIST fixture, and one tiny training run."""
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "mnist_small.npz"
 SHIPPED_LITERT = ROOT / "mnist_cnn.tflite"
 SHIPPED_KERAS = ROOT / "mnist_cnn.keras"
 
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

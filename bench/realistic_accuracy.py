@@ -1,0 +1,126 @@
+"""Accuracy of predict() on real-looking renderings of MNIST test digits, per condition.
+
+    python bench/realistic_accuracy.py --data /work/shared/data/mnist.npz --count 500
+
+Renders `count` different MNIST test digits under each condition of
+tests/realistic.py (a photo, scan or drawing each), classifies them through
+inference.predict() (the full preprocessing) and prints a Markdown table. Then
+runs all 10,000 MNIST test images through predict() and, for comparison, the raw
+arrays straight into the model, which is what the model's own test accuracy means.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import data  # noqa: E402
+import inference  # noqa: E402
+import preprocess  # noqa: E402
+from tests.realistic import CONDITIONS, generate  # noqa: E402
+
+BATCH = 100
+
+
+def realistic_table(x, y, count, model, seed):
+    """Return {condition: [right, total, rejected]} for `count` digits per condition."""
+    results = {name: [0, 0, 0] for name in CONDITIONS}
+    samples = generate(x, y, per_condition=count, seed=seed)
+    while True:
+        chunk = [s for _, s in zip(range(BATCH), samples)]
+        if not chunk:
+            return results
+        for sample, digit in zip(chunk, classify(chunk, model)):
+            results[sample.condition][0] += digit == sample.label
+            results[sample.condition][1] += 1
+            results[sample.condition][2] += digit is None
+
+
+def classify(chunk, model):
+    """Digits predicted for a batch of samples; None where predict() found no digit."""
+    try:
+        return [p.digit for p in inference.predict([s.image for s in chunk], model=model)]
+    except preprocess.ImageError:  # one image was rejected: go one by one to see which
+        digits = []
+        for sample in chunk:
+            try:
+                digits.append(inference.predict(sample.image, model=model).digit)
+            except preprocess.ImageError as error:
+                print(f"rejected: {sample.condition}, label {sample.label}: {error}", file=sys.stderr)
+                digits.append(None)
+        return digits
+
+
+def mnist_accuracy(x, y, model):
+    """Return (through predict(), raw arrays into the model) accuracy on MNIST arrays."""
+    through = np.concatenate([[p.digit for p in inference.predict(list(x[i:i + 500]), model=model)]
+                              for i in range(0, len(x), 500)])
+    raw = inference.get_model(model)(x[..., None].astype(np.float32)).argmax(axis=1)
+    return float(np.mean(through == y)), float(np.mean(raw == y))
+
+
+def write_examples(x, y, path, seed):
+    """Save one rendering per condition, each with the 28x28 input predict() makes of it."""
+    from PIL import Image, ImageDraw
+
+    import preprocess
+
+    tile, label_h, columns = 120, 14, 8
+    samples = list(generate(x, y, per_condition=1, seed=seed))
+    rows = -(-len(samples) // columns)
+    sheet = Image.new("RGB", (columns * tile, rows * (2 * tile + label_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, sample in enumerate(samples):
+        left, top = (i % columns) * tile, (i // columns) * (2 * tile + label_h)
+        picture = sample.image.convert("RGBA")
+        checker = Image.new("RGBA", picture.size, (200, 200, 200, 255))  # shows transparency
+        shown = Image.alpha_composite(checker, picture).convert("RGB")
+        shown.thumbnail((tile - 4, tile - 4))
+        sheet.paste(shown, (left + (tile - shown.width) // 2, top + label_h + (tile - shown.height) // 2))
+        mnist = preprocess.to_mnist(preprocess.load_image(sample.image)).clip(0, 255).astype("uint8")
+        sheet.paste(Image.fromarray(mnist).resize((tile - 8, tile - 8), Image.NEAREST).convert("RGB"),
+                    (left + 4, top + label_h + tile + 4))
+        draw.text((left + 3, top + 1), sample.condition[:20], fill="black")
+    sheet.save(path, optimize=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", default=None, help="MNIST .npz or IDX folder (default: the Keras download)")
+    parser.add_argument("--count", type=int, default=500, help="digits per condition")
+    parser.add_argument("--model", default=str(inference.DEFAULT_MODEL), help="a .tflite or .keras model")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the renderings")
+    parser.add_argument("--examples", metavar="OUT.png",
+                        help="only save one rendering per condition (above the 28x28 input it becomes)")
+    args = parser.parse_args(argv)
+
+    _, (x, y) = data.load_mnist(args.data)
+    if args.examples:
+        write_examples(x, y, args.examples, args.seed)
+        return
+    start = time.perf_counter()
+    results = realistic_table(x, y, args.count, args.model, args.seed)
+    seconds = time.perf_counter() - start
+    print(f"| condition ({args.count} MNIST test digits each, seed {args.seed}) | accuracy |")
+    print("|---|---:|")
+    for name, (right, total, rejected) in results.items():
+        note = f" ({rejected} rejected as blank)" if rejected else ""
+        print(f"| {name} | {right / total:.1%}{note} |")
+    right = sum(r[0] for r in results.values())
+    total = sum(r[1] for r in results.values())
+    print(f"| **overall** ({total} images) | **{right / total:.2%}** |")
+    print(f"\n{total} images in {seconds:.0f} s ({1000 * seconds / total:.0f} ms each, rendering included)")
+
+    through, raw = mnist_accuracy(x, y, args.model)
+    print(f"\nMNIST test set ({len(x)} images): raw arrays into the model {raw:.2%}, "
+          f"through predict() {through:.2%} ({100 * (through - raw):+.2f} points)")
+
+
+if __name__ == "__main__":
+    main()

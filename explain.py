@@ -1,0 +1,117 @@
+"""Draw the preprocessing pipeline step by step, one row per image (for `inference.py --explain`).
+
+    python inference.py photo.jpg drawing.png --explain steps.png
+
+Each row shows the input as loaded (upright, transparency composited), the ink
+map with the digit's bounding box (pieces dropped as specks or border junk in
+red), the digit fitted into MNIST's 20x20 box, the 28x28 model input with its
+centre of mass, and the ten probabilities.
+"""
+
+import numpy as np
+
+import preprocess
+
+MAX_ROWS = 12  # a taller figure is unreadable; the CLI says when rows were left out
+
+
+def write_figure(rows, out_path, low_confidence=0.0):
+    """Write a PNG explaining each row.
+
+    Args:
+        rows: (source, outcome) pairs: source is what predict() was given (a path,
+            PIL image or array), outcome its Prediction or the ImageError it raised.
+        out_path: where to write the PNG.
+        low_confidence: predictions below this are labelled "low confidence".
+    Returns:
+        the number of rows drawn.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazily: plotting is optional
+    from matplotlib.figure import Figure
+
+    rows = rows[:MAX_ROWS]
+    figure = Figure(figsize=(11, 2.3 * max(len(rows), 1)), dpi=80)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(max(len(rows), 1), 5, squeeze=False)
+    for row_axes, (source, outcome) in zip(axes, rows):
+        draw_row(row_axes, source, outcome, low_confidence)
+    figure.tight_layout()
+    figure.savefig(out_path)
+    return len(rows)
+
+
+def draw_row(axes, source, outcome, low_confidence):
+    trace = {}
+    try:
+        preprocess.to_mnist(preprocess.load_image(source), trace)
+    except preprocess.ImageError as error:  # draw what was reached, and say why it stopped
+        outcome = error
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    name = str(getattr(source, "filename", "") or source) if not hasattr(source, "shape") else "array"
+    if "input" in trace:
+        height, width = trace["input"].shape[:2]
+        axes[0].imshow(trace["input"].clip(0, 255).astype(np.uint8))
+        axes[0].set_title(f"{short(name)}\n{width}x{height}", fontsize=8)
+    if "ink" in trace:
+        axes[1].imshow(ink_picture(trace["ink"], trace.get("keep")))
+        if "box" in trace:
+            top, bottom, left, right = trace["box"]
+            axes[1].add_patch(rectangle(left, top, right - left, bottom - top))
+        axes[1].set_title(f"ink map ({trace['side']})\nkept white, dropped red", fontsize=8)
+    if "fitted" in trace:
+        axes[2].imshow(trace["fitted"], cmap="gray", vmin=0, vmax=255)
+        low, high = preprocess.STROKE_RANGE
+        change = " -> thickened" if trace["stroke"] < low else " -> thinned" if trace["stroke"] > high else ""
+        axes[2].set_title(f"fitted {trace['fitted'].shape[1]}x{trace['fitted'].shape[0]}\n"
+                          f"stroke {trace['stroke']:.0%} of the box{change}", fontsize=8)
+    if "mnist" in trace:
+        mnist = trace["mnist"]
+        axes[3].imshow(mnist, cmap="gray", vmin=0, vmax=255)
+        total = mnist.sum()
+        cy, cx = (mnist.sum(1) @ np.arange(28)) / total, (mnist.sum(0) @ np.arange(28)) / total
+        axes[3].plot([cx], [cy], "+", color="tab:orange", markersize=10)
+        axes[3].set_title("28x28 model input\n+ centre of mass", fontsize=8)
+    draw_outcome(axes[4], outcome, low_confidence)
+
+
+def draw_outcome(ax, outcome, low_confidence):
+    if isinstance(outcome, Exception):
+        ax.text(0.5, 0.5, fill(str(outcome)), ha="center", va="center", fontsize=8, color="tab:red",
+                transform=ax.transAxes)
+        ax.set_title("error", fontsize=8)
+        return
+    colours = ["tab:blue" if d == outcome.digit else "lightgray" for d in range(10)]
+    ax.bar(range(10), outcome.probabilities, color=colours)
+    ax.set_ylim(0, 1)
+    ax.set_xticks(range(10))
+    ax.tick_params(labelsize=7)
+    unsure = ", low confidence" if outcome.confidence < low_confidence else ""
+    ax.set_title(f"read as {outcome.digit} ({outcome.confidence:.1%}{unsure})", fontsize=9)
+
+
+def ink_picture(ink, keep):
+    """RGB: kept ink white, ink that was dropped (specks, edges, lines) red."""
+    ink = ink / 255.0
+    picture = np.repeat(ink[..., None], 3, axis=2)
+    if keep is not None:
+        dropped = ~keep & (ink > 0)
+        picture[dropped] = np.stack([ink[dropped], 0.15 * ink[dropped], 0.15 * ink[dropped]], axis=1)
+    return picture
+
+
+def rectangle(x, y, width, height):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.5, y - 0.5), width, height, fill=False, edgecolor="gold", linewidth=1)
+
+
+def short(name, limit=28):
+    return name if len(name) <= limit else "..." + name[-(limit - 3):]
+
+
+def fill(text, width=30):
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
