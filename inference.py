@@ -140,12 +140,21 @@ def to_prediction(probabilities):
 
 
 def expand_paths(paths):
-    """Yield image files: each file as given, each folder's images in name order."""
+    """Yield image files: each file as given, each folder's images in name order.
+
+    A folder with no images is yielded itself, for the caller to report.
+    """
     for path in map(Path, paths):
-        if path.is_dir():
-            yield from sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            yield path
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
+        yield from images or [path]
+
+
+def default_images():
+    """sample_test_image/, named relative to the current folder when it lies inside it."""
+    try:
+        return [str(DEFAULT_IMAGES.relative_to(Path.cwd()))]
+    except ValueError:
+        return [str(DEFAULT_IMAGES)]
 
 
 def format_prediction(path, prediction, as_json):
@@ -160,7 +169,7 @@ def format_prediction(path, prediction, as_json):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Recognise the handwritten digit in each image.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("paths", nargs="*", default=[str(DEFAULT_IMAGES)], help="image files and folders")
+    parser.add_argument("paths", nargs="*", help="image files and folders (default: sample_test_image/)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a .tflite or .keras model file")
     parser.add_argument("--explain", metavar="OUT.png",
@@ -170,7 +179,11 @@ def main(argv=None):
 
     failed = False
     explained = []  # (path, Prediction or ImageError) for --explain
-    for path in expand_paths(args.paths):
+    for path in expand_paths(args.paths or default_images()):
+        if path.is_dir():
+            print(f"error: {path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder", file=sys.stderr)
+            failed = True
+            continue
         try:
             prediction = predict(path, model=args.model)
         except ModelError as error:
@@ -191,4 +204,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # the reader went away (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -38,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128, help="images per training step")
     p.add_argument("--learning-rate", type=float, default=2e-3, help="peak of the warm-up + cosine schedule")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decoupled weight decay")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="share of each target spread over the other classes")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="share of each target spread over the other classes")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="epochs of linear learning-rate warm-up")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the training set held out for validation (the test set is used once, at the end)")
@@ -265,6 +265,7 @@ def train(args):
     fit_start = time.time()
     history = model.fit(make_train_dataset(x_train, y_train, args), epochs=args.epochs,
                         steps_per_epoch=steps_per_epoch, validation_data=val, callbacks=[epoch_timer(epoch_seconds)],
+                        shuffle=False,  # make_train_dataset shuffles each epoch itself
                         verbose=1 if sys.stdout.isatty() else 2)
     fit_seconds = time.time() - fit_start
 

@@ -67,15 +67,18 @@ def throughput(args):
     for precision in args.precisions:
         for augment in (False, True):
             keras.mixed_precision.set_global_policy(precision)
-            options = ["--epochs", "1000", "--batch-size", str(args.batch_size)] + ([] if augment else ["--no-augment"])
-            run = train.parse_args(options)
+            run = train.parse_args(["--epochs", "1", "--batch-size", str(args.batch_size)]
+                                   + ([] if augment else ["--no-augment"]))
+            steps = train.epoch_steps(len(x), args.batch_size)
             model = build_model()
-            train.compile_model(model, 421, run)
-            data = iter(train.make_train_dataset(x, y, run))
-            model.fit(data, steps_per_epoch=32, epochs=1, verbose=0)  # warm up: trace and allocate
-            start = time.perf_counter()
-            model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0)
-            rate = args.steps * args.batch_size / (time.perf_counter() - start)
+            train.compile_model(model, steps, run)
+            stamps = []  # (step, time) at the end of each group of steps_per_execution steps
+            record = keras.callbacks.LambdaCallback(
+                on_train_batch_end=lambda step, logs: stamps.append((step, time.perf_counter())))
+            model.fit(train.make_train_dataset(x, y, run), steps_per_epoch=steps, epochs=1,
+                      callbacks=[record], shuffle=False, verbose=0)
+            (first_step, start), (last_step, end) = stamps[1], stamps[-1]  # the first group traces
+            rate = (last_step - first_step) * args.batch_size / (end - start)
             print(f"| {precision} | {'on' if augment else 'off'} | {args.batch_size} | {rate:,.0f} | "
                   f"{60_000 / rate:.1f} | {60_000 / rate / floor:.1f} |", flush=True)
 
@@ -117,7 +120,6 @@ def main():
     commands = parser.add_subparsers(dest="command", required=True)
     speed = commands.add_parser("throughput", help="training images per second against the floor")
     speed.add_argument("--data", help="mnist.npz or IDX folder (default: Keras download)")
-    speed.add_argument("--steps", type=int, default=160, help="timed training steps per configuration")
     speed.add_argument("--batch-size", type=int, default=128)
     speed.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
     seeds = commands.add_parser("accuracy", help="full training runs over seeds")

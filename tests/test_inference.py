@@ -84,7 +84,7 @@ def test_inference_does_not_import_tensorflow(shipped_model):
 
 def run_cli(*args):
     return subprocess.run([sys.executable, str(ROOT / "inference.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
 def test_cli_text_on_the_sample_folder(shipped_model):
@@ -93,7 +93,7 @@ def test_cli_text_on_the_sample_folder(shipped_model):
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 10
     for digit, line in enumerate(lines):
-        assert line.startswith(str(SAMPLES / f"{digit}.png") + f": {digit} (")
+        assert line.startswith(f"sample_test_image/{digit}.png: {digit} (")
 
 
 def test_cli_json(shipped_model):
@@ -114,6 +114,12 @@ def test_cli_errors_name_the_file_and_go_on(shipped_model, tmp_path):
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 2 and "Traceback" not in result.stderr
     assert str(missing) in errors[0] and str(not_an_image) in errors[1]
+
+
+def test_cli_folder_without_images(shipped_model, tmp_path):
+    result = run_cli(tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"error: {tmp_path}: no images (")
 
 
 def test_cli_missing_model(tmp_path):
