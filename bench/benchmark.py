@@ -62,8 +62,8 @@ def throughput(args):
     print(f"work: {flops_per_image / 1e6:.1f} MFLOP per training image, {flops_per_image * 60_000 / 1e12:.2f} TFLOP "
           f"per 60,000-image epoch")
     print(f"float32 matmul: {peak:.0f} GFLOP/s measured -> floor {floor:.1f} s per epoch\n")
-    print(f"| precision | augmentation | batch | images/s | s per epoch | x floor |")
-    print(f"|---|---|---|---|---|---|")
+    print("| precision | augmentation | batch | images/s | s per epoch | x floor |")
+    print("|---|---|---|---|---|---|")
     for precision in args.precisions:
         for augment in (False, True):
             keras.mixed_precision.set_global_policy(precision)

@@ -15,7 +15,6 @@ import collections
 import http.client
 import io
 import json
-import os
 import re
 import statistics
 import subprocess

@@ -1,6 +1,9 @@
 """Shared fixtures: paths, the small committed MNIST fixture, and one tiny training run."""
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "mnist_small.npz"
 SHIPPED_LITERT = ROOT / "mnist_cnn.tflite"
 SHIPPED_KERAS = ROOT / "mnist_cnn.keras"
+APP_MODEL = Path(os.environ.get("DIGIT_APP_TEST_MODEL") or SHIPPED_LITERT)  # what the app tests serve
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -37,3 +41,18 @@ def smoke_run(tmp_path_factory):
     metrics = train.train(train.parse_args(
         ["--data", str(FIXTURE), "--epochs", "2", "--batch-size", "32", "--out-dir", str(out), "--seed", "1"]))
     return out, metrics
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    """`python app.py --port 0` as the README starts it, serving APP_MODEL; yields (host, port)."""
+    process = subprocess.Popen([sys.executable, "app.py", "--port", "0", "--model", str(APP_MODEL)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        match = re.search(r"http://(127\.0\.0\.1):(\d+)/", line)
+        assert match, f"app.py printed {line!r}"
+        yield match.group(1), int(match.group(2))
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

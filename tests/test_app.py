@@ -8,22 +8,20 @@ The model is inference.DEFAULT_MODEL, or the file named by $DIGIT_APP_TEST_MODEL
 import http.client
 import io
 import json
-import os
 import re
 import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
 
 import app as webapp
 import inference
+from conftest import APP_MODEL as MODEL
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = Path(os.environ.get("DIGIT_APP_TEST_MODEL") or inference.DEFAULT_MODEL)
 LIMIT = webapp.MAX_BODY_BYTES
 
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"no model file at {MODEL} (python train.py)")
@@ -244,18 +242,8 @@ def test_the_app_never_imports_tensorflow():
 # ---- the real server: python app.py, on waitress ----
 
 @pytest.fixture(scope="module")
-def server():
-    """`python app.py --port 0` as the README starts it; yields (host, port)."""
-    process = subprocess.Popen([sys.executable, "app.py", "--port", "0", "--model", str(MODEL)],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        line = process.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        assert match, f"app.py printed {line!r}"
-        yield "127.0.0.1", int(match.group(1))
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+def server(app_server):
+    return app_server
 
 
 def request(server, method, path, body=None, headers=None):

@@ -9,19 +9,15 @@ Skips, saying why, where Debian's chromium or chromium-driver is missing.
 
 import math
 import os
-import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 import inference
+from conftest import APP_MODEL as MODEL
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = Path(os.environ.get("DIGIT_APP_TEST_MODEL") or inference.DEFAULT_MODEL)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
@@ -52,17 +48,9 @@ DIGITS = {
 
 
 @pytest.fixture(scope="module")
-def server_url():
-    process = subprocess.Popen([sys.executable, "app.py", "--port", "0", "--model", str(MODEL)],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        line = process.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:\d+/", line)
-        assert match, f"app.py printed {line!r}"
-        yield match.group(0)
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+def server_url(app_server):
+    host, port = app_server
+    return f"http://{host}:{port}/"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """preprocess: any single-digit image -> MNIST's own 28x28 form."""
 
-import io
 from pathlib import Path
 
 import numpy as np
