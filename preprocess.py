@@ -219,12 +219,29 @@ def to_mnist(picture, trace=None):
     keep, box = find_digit(ink, picture.name)
     trace["keep"], trace["box"] = keep, box
     top, bottom, left, right = box
+    gray = luminance(rgb)
+    if in_mnist_form(gray, side, box):  # refitting would only resample it: keep MNIST's own pixels
+        trace["mnist"] = gray
+        return gray
     crop = np.where(keep, ink, 0)[top:bottom, left:right]
     fitted, stroke = fit_box(crop)
     trace["fitted"], trace["stroke"] = fitted, stroke
     mnist = centre(fitted)
     trace["mnist"] = mnist
     return mnist
+
+
+def in_mnist_form(gray, side, box):
+    """Is this already what MNIST's own steps make: a light digit on black, 28x28, in a 20x20 box, centred?"""
+    if gray.shape != (SIZE, SIZE) or side < 0:
+        return False
+    top, bottom, left, right = box
+    if max(bottom - top, right - left) > BOX or np.median(gray) > MIN_CONTRAST:
+        return False
+    total = gray.sum()
+    com_y = gray.sum(axis=1) @ np.arange(SIZE) / total
+    com_x = gray.sum(axis=0) @ np.arange(SIZE) / total
+    return abs(com_y - CENTRE) <= 1.5 and abs(com_x - CENTRE) <= 1.5
 
 
 def ink_side(gray):

@@ -46,10 +46,18 @@ def test_output_is_mnist_shaped():
     assert abs((out.sum(0) @ np.arange(28)) / total - 14) < 1
 
 
-def test_mnist_arrays_pass_through_essentially_unchanged():
-    diffs = [np.abs(mnist(x) - x.astype(np.float32)).mean() for x in X]
-    assert np.median(diffs) < 0.5  # in 0-255 levels
-    assert np.mean(np.array(diffs) < 3) >= 0.9
+def test_mnist_arrays_pass_through_unchanged():
+    # A digit already in MNIST's form is kept as it is: refitting it would only resample it.
+    unchanged = [np.abs(mnist(x) - x.astype(np.float32)).max() < 0.01 for x in X]
+    assert np.mean(unchanged) >= 0.95
+
+
+def test_an_off_centre_small_raster_is_still_refitted():
+    digit = np.zeros((28, 28), np.uint8)
+    digit[2:12, 2:6] = 255  # a small "1" in the top left corner
+    fitted = mnist(digit)
+    rows = np.flatnonzero(fitted.max(axis=1) > 0)
+    assert len(rows) == 20 and fitted[:, :6].max() < 1  # grown to the 20x20 box, moved to the centre
 
 
 def test_light_on_dark_and_dark_on_light_agree():
