@@ -12,6 +12,7 @@ import platform
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -191,7 +192,7 @@ def evaluate(model, x, y):
         "test_loss": float(loss),
         "per_class_accuracy": [float(confusion[d, d] / max(1, confusion[d].sum())) for d in range(10)],
         "confusion_matrix": confusion.tolist(),
-    }, probs
+    }
 
 
 def atomic_write(path, write):
@@ -273,7 +274,7 @@ def train(args):
     keras.mixed_precision.set_global_policy("float32")
     final = build_model()
     final.set_weights(model.get_weights())
-    metrics, _ = evaluate(final, x_test, y_test)
+    metrics = evaluate(final, x_test, y_test)
 
     os.makedirs(args.out_dir, exist_ok=True)
     atomic_write(os.path.join(args.out_dir, MODEL_FILE), final.save)
@@ -292,7 +293,7 @@ def train(args):
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     })
     atomic_write(os.path.join(args.out_dir, METRICS_FILE),
-                 lambda tmp: open(tmp, "w").write(json.dumps(metrics, indent=1) + "\n"))
+                 lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=1) + "\n"))
     return metrics
 
 
@@ -300,10 +301,10 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         metrics = train(args)
-    except DataError as error:
+    except (DataError, OSError) as error:  # bad data, or an --out-dir that cannot be written
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
-        sys.exit("interrupted: no file was written or changed")
+        sys.exit("interrupted: no output file is left half-written")
     print(f"test accuracy {metrics['test_accuracy']:.2%} (loss {metrics['test_loss']:.4f}), "
           f"wall time {metrics['wall_seconds']:.0f} s; wrote {args.out_dir}/{MODEL_FILE}, {LITERT_FILE}, "
           f"{METRICS_FILE}, {HISTORY_FILE}")
