@@ -102,11 +102,9 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
             if width * height > MAX_PIXELS:
                 raise ApiError(413, f"image too large: {width}x{height} pixels, "
                                     f"the limit is {MAX_PIXELS} pixels")
-            side = getattr(preprocess, "MAX_SIDE", 1200)  # the pipeline shrinks to this first
             if image.format == "JPEG":  # decode big photos at a reduced size, as the CLI does
-                image.draft("RGB", (side, side))
+                image.draft("RGB", (preprocess.MAX_SIDE, preprocess.MAX_SIDE))
             image.load()
-            image = reduce_large(image, side)
         except ApiError:
             raise
         except UnidentifiedImageError:
@@ -182,29 +180,6 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
         return error(500, "internal server error")
 
     return app
-
-
-def reduce_large(image, side):
-    """Shrink an image whose longer side is over 2 * `side` by a whole factor, keeping it >= `side`.
-
-    The same as the JPEG draft mode does while decoding, for every other format: the
-    pipeline shrinks to `side` anyway, and a 16-megapixel image would otherwise cost it
-    over half a gigabyte of float arrays.
-    """
-    from PIL import ImageOps
-
-    factor = max(image.size) // side
-    if factor < 2:
-        return image
-    image = ImageOps.exif_transpose(image)  # upright first: the reduced copy keeps no orientation tag
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif image.mode == "1":
-        image = image.convert("L")
-    try:
-        return image.reduce(factor)
-    except (ValueError, NotImplementedError):  # a mode reduce() does not handle: leave it whole
-        return image
 
 
 def make_server(app, host="127.0.0.1", port=8000, threads=4, max_body_bytes=MAX_BODY_BYTES):

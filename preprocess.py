@@ -104,6 +104,12 @@ def pil_to_rgb(image, name):
             image = image.filter(ImageFilter.BoxBlur(1))
     elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
         image = image.convert("RGB")
+    factor = max(image.size) // MAX_SIDE
+    if factor >= 2:  # shrink a huge picture before it becomes floats: a 16-megapixel one would take ~600 MB
+        try:
+            image = image.reduce(factor)
+        except (ValueError, NotImplementedError):  # a mode reduce() lacks: shrink() copes later
+            pass
     try:
         array = np.asarray(image)
     except Exception as error:
