@@ -7,6 +7,7 @@ Benchmarks measure; they are not tests and the test suite never runs them.
 """
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -62,25 +63,24 @@ def throughput(args):
     print(f"work: {flops_per_image / 1e6:.1f} MFLOP per training image, {flops_per_image * 60_000 / 1e12:.2f} TFLOP "
           f"per 60,000-image epoch")
     print(f"float32 matmul: {peak:.0f} GFLOP/s measured -> floor {floor:.1f} s per epoch\n")
-    print("| precision | augmentation | batch | images/s | s per epoch | x floor |")
-    print("|---|---|---|---|---|---|")
-    for precision in args.precisions:
-        for augment in (False, True):
-            keras.mixed_precision.set_global_policy(precision)
-            run = train.parse_args(["--epochs", "1", "--batch-size", str(args.batch_size)]
-                                   + ([] if augment else ["--no-augment"]))
-            steps = train.epoch_steps(len(x), args.batch_size)
-            model = build_model()
-            train.compile_model(model, steps, run)
-            stamps = []  # (step, time) at the end of each group of steps_per_execution steps
-            record = keras.callbacks.LambdaCallback(
-                on_train_batch_end=lambda step, logs: stamps.append((step, time.perf_counter())))
-            model.fit(train.make_train_dataset(x, y, run), steps_per_epoch=steps, epochs=1,
-                      callbacks=[record], shuffle=False, verbose=0)
-            (first_step, start), (last_step, end) = stamps[1], stamps[-1]  # the first group traces
-            rate = (last_step - first_step) * args.batch_size / (end - start)
-            print(f"| {precision} | {'on' if augment else 'off'} | {args.batch_size} | {rate:,.0f} | "
-                  f"{60_000 / rate:.1f} | {60_000 / rate / floor:.1f} |", flush=True)
+    print("| precision | batch norm | augmentation | batch | images/s | s per epoch | x floor |")
+    print("|---|---|---|---|---|---|---|")
+    for precision, fused, augment in itertools.product(args.precisions, (True, False), (False, True)):
+        keras.mixed_precision.set_global_policy(precision)
+        run = train.parse_args(["--epochs", "1", "--batch-size", str(args.batch_size)]
+                               + ([] if augment else ["--no-augment"]))
+        steps = train.epoch_steps(len(x), args.batch_size)
+        model = build_model(fused_batch_norm=fused)
+        train.compile_model(model, steps, run)
+        stamps = []  # (step, time) at the end of each group of steps_per_execution steps
+        record = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda step, logs: stamps.append((step, time.perf_counter())))
+        model.fit(train.make_train_dataset(x, y, run), steps_per_epoch=steps, epochs=1,
+                  callbacks=[record], shuffle=False, verbose=0)
+        (first_step, start), (last_step, end) = stamps[1], stamps[-1]  # the first group traces
+        rate = (last_step - first_step) * args.batch_size / (end - start)
+        print(f"| {precision} | {'fused' if fused else 'Keras'} | {'on' if augment else 'off'} | {args.batch_size} | "
+              f"{rate:,.0f} | {60_000 / rate:.1f} | {60_000 / rate / floor:.1f} |", flush=True)
 
 
 def accuracy(args, train_options):
