@@ -1,9 +1,11 @@
 """The network is exactly the reference table of DEVELOPERS.md."""
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from model import build_model
+from model import FusedBatchNormalization, build_model
 
 # (layer class, output shape without the batch axis, parameter count), in order.
 REFERENCE = [
@@ -51,11 +53,6 @@ def test_takes_raw_pixels_and_returns_probabilities():
 @pytest.mark.parametrize("shape", [(32, 14, 14, 8), (32, 254)])
 def test_fused_batch_norm_trains_like_the_stock_layer(shape):
     """The faster training-time layer gives the stock layer's outputs, gradients and statistics."""
-    import keras
-    import tensorflow as tf
-
-    from model import FusedBatchNormalization
-
     rng = np.random.default_rng(0)
     inputs = tf.constant(rng.normal(2.0, 3.0, shape), tf.float32)
     upstream = tf.constant(rng.normal(size=shape), tf.float32)  # an arbitrary gradient from above
