@@ -31,7 +31,6 @@ STATIC = HERE / "static"
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a request body over this is refused with 413, unread
 MAX_PIXELS = 4096 * 4096  # a decoded image over this many pixels is refused with 413
 PREDICT_SLOTS = 2  # images decoded and classified at once; other requests wait their turn
-IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")  # what PIL may decode here
 NO_IMAGE = ("no image: send one as a multipart file field named 'image' "
             "or as the raw request body")
 
@@ -50,13 +49,13 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
     from flask import Flask, jsonify, request, send_from_directory
     from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+    import decode
     import inference
-    import preprocess
 
     # predict() caches models by these exact arguments, so load through the same door.
     model_arg = None if model_path is None else os.path.abspath(model_path)
     model_name = Path(model_arg or inference.DEFAULT_MODEL).name
-    inference.get_model(model_arg)  # load once, now; raises ModelError
+    inference.get_classifier(model_arg)  # load once, now; raises ModelError
 
     app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
@@ -91,28 +90,15 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
             raise too_large()
         return b"".join(chunks)
 
-    def open_image(data):
-        from PIL import Image, UnidentifiedImageError
-
+    def decode_upload(data):
         if not data:
             raise ApiError(400, NO_IMAGE)
         try:
-            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ApiError(413, f"image too large: {width}x{height} pixels, "
-                                    f"the limit is {MAX_PIXELS} pixels")
-            if image.format == "JPEG":  # decode big photos at a reduced size, as the CLI does
-                image.draft("RGB", (preprocess.MAX_SIDE, preprocess.MAX_SIDE))
-            image.load()
-        except ApiError:
-            raise
-        except UnidentifiedImageError:
-            raise ApiError(400, "not an image: send a PNG, JPEG, BMP, GIF, TIFF or WebP file") from None
-        except Exception as exc:  # PIL raises many types for bad or truncated data
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ApiError(400, f"not a readable image ({detail})") from None
-        return image
+            return decode.decode(data, name="the upload", max_pixels=MAX_PIXELS)
+        except inference.ImageTooLargeError as exc:
+            raise ApiError(413, str(exc)) from None
+        except inference.UnreadableImageError as exc:
+            raise ApiError(400, str(exc)) from None
 
     @app.get("/")
     def index():
@@ -121,7 +107,7 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
     @app.get("/health")
     def health():
         try:
-            inference.get_model(model_arg)  # cached: answers at once when loaded
+            inference.get_classifier(model_arg)  # cached: answers at once when loaded
         except inference.ModelError as exc:
             return error(503, str(exc))
         return jsonify(status="ok", model=model_name)
@@ -133,16 +119,11 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
     def api_predict():
         data = read_upload()
         with busy:
-            image = open_image(data)
+            picture = decode_upload(data)
             try:
-                prediction = inference.predict(image, model=model_arg)
-            except preprocess.ImageError as exc:
-                message = str(exc)
-                if "no digit" in message.lower():
-                    raise ApiError(422, "no digit found: draw or upload a single digit") from None
-                raise ApiError(400, message) from None
-            finally:
-                image.close()
+                prediction = inference.predict(picture, model=model_arg)
+            except inference.NoDigitError:
+                raise ApiError(422, "no digit found: draw or upload a single digit") from None
         return jsonify(digit=prediction.digit,
                        confidence=round(prediction.confidence, 6),
                        probabilities=[round(p, 6) for p in prediction.probabilities])

@@ -2,15 +2,16 @@
 
     python inference.py photo.jpg drawing.png --explain steps.png
 
-Each row shows the input as loaded (upright, transparency composited), the ink
-map with the digit's bounding box (pieces dropped as specks or border junk in
-red), the digit fitted into MNIST's 20x20 box, the 28x28 model input with its
-centre of mass, and the ten probabilities.
+Each row shows the input as decoded (upright, transparency composited), the ink map
+with the digit's bounding box (pieces dropped as specks or border junk in red), the
+digit fitted into MNIST's 20x20 box, the 28x28 model input with its centre of mass,
+and the ten probabilities. It draws the Trace that preprocessing recorded while it
+ran: nothing is computed a second time.
 """
 
 import numpy as np
 
-import preprocess
+from preprocess import STROKE_RANGE, Trace
 
 MAX_ROWS = 12  # a taller figure is unreadable; the CLI says when rows were left out
 
@@ -19,8 +20,9 @@ def write_figure(rows, out_path, low_confidence=0.0):
     """Write a PNG explaining each row.
 
     Args:
-        rows: (source, outcome) pairs: source is what predict() was given (a path,
-            PIL image or array), outcome its Prediction or the ImageError it raised.
+        rows: (source, outcome, trace) triples: source is what was classified (a
+            path, PIL image or array), outcome its Prediction or the ImageError it
+            raised, trace the preprocess.Trace recorded for it.
         out_path: where to write the PNG.
         low_confidence: predictions below this are labelled "low confidence".
     Returns:
@@ -33,41 +35,40 @@ def write_figure(rows, out_path, low_confidence=0.0):
     figure = Figure(figsize=(11, 2.3 * max(len(rows), 1)), dpi=80)
     FigureCanvasAgg(figure)
     axes = figure.subplots(max(len(rows), 1), 5, squeeze=False)
-    for row_axes, (source, outcome) in zip(axes, rows):
-        draw_row(row_axes, source, outcome, low_confidence)
+    for row_axes, (source, outcome, trace) in zip(axes, rows):
+        draw_row(row_axes, source, outcome, trace, low_confidence)
     figure.tight_layout()
     figure.savefig(out_path)
     return len(rows)
 
 
-def draw_row(axes, source, outcome, low_confidence):
-    trace = {}
-    try:
-        preprocess.to_mnist(preprocess.load_image(source), trace)
-    except preprocess.ImageError as error:  # draw what was reached, and say why it stopped
-        outcome = error
+def draw_row(axes, source, outcome, trace, low_confidence=0.0):
+    trace = trace or Trace()  # an input that failed before preprocessing began
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    name = str(getattr(source, "filename", "") or source) if not hasattr(source, "shape") else "array"
-    if "input" in trace:
-        height, width = trace["input"].shape[:2]
-        axes[0].imshow(trace["input"].clip(0, 255).astype(np.uint8))
+    name = "array" if hasattr(source, "shape") else str(getattr(source, "filename", "") or source)
+    if trace.input is not None:
+        height, width = trace.input.shape[:2]
+        axes[0].imshow(trace.input, cmap="gray" if trace.input.ndim == 2 else None, vmin=0, vmax=255)
         axes[0].set_title(f"{short(name)}\n{width}x{height}", fontsize=8)
-    if "ink" in trace:
-        axes[1].imshow(ink_picture(trace["ink"], trace.get("keep")))
-        if "box" in trace:
-            top, bottom, left, right = trace["box"]
+    if trace.ink is not None:
+        axes[1].imshow(ink_picture(trace.ink, trace.keep))
+        if trace.box is not None:
+            top, bottom, left, right = trace.box
             axes[1].add_patch(rectangle(left, top, right - left, bottom - top))
-        axes[1].set_title(f"ink map ({trace['side']})\nkept white, dropped red", fontsize=8)
-    if "fitted" in trace:
-        axes[2].imshow(trace["fitted"], cmap="gray", vmin=0, vmax=255)
-        low, high = preprocess.STROKE_RANGE
-        change = " -> thickened" if trace["stroke"] < low else " -> thinned" if trace["stroke"] > high else ""
-        axes[2].set_title(f"fitted {trace['fitted'].shape[1]}x{trace['fitted'].shape[0]}\n"
-                          f"stroke {trace['stroke']:.0%} of the box{change}", fontsize=8)
-    if "mnist" in trace:
-        mnist = trace["mnist"]
+        side = "dark ink on light paper" if trace.side < 0 else "light ink on dark background"
+        axes[1].set_title(f"ink map ({side})\nkept white, dropped red", fontsize=8)
+    if trace.fitted is not None:
+        axes[2].imshow(trace.fitted, cmap="gray", vmin=0, vmax=255)
+        low, high = STROKE_RANGE
+        change = " -> thickened" if trace.stroke < low else " -> thinned" if trace.stroke > high else ""
+        axes[2].set_title(f"fitted {trace.fitted.shape[1]}x{trace.fitted.shape[0]}\n"
+                          f"stroke {trace.stroke:.0%} of the box{change}", fontsize=8)
+    elif trace.mnist is not None:
+        axes[2].set_title("already in MNIST's form:\nkept as it is", fontsize=8)
+    if trace.mnist is not None:
+        mnist = np.asarray(trace.mnist, np.float32)
         axes[3].imshow(mnist, cmap="gray", vmin=0, vmax=255)
         total = mnist.sum()
         cy, cx = (mnist.sum(1) @ np.arange(28)) / total, (mnist.sum(0) @ np.arange(28)) / total

@@ -1,6 +1,6 @@
 """Accuracy of predict() on real-looking renderings of MNIST test digits, per condition.
 
-    python bench/realistic_accuracy.py --data /work/shared/data/mnist.npz --count 500
+    python -m bench.realistic_accuracy --data ../shared/data/mnist.npz --count 500
 
 Renders `count` different MNIST test digits under each condition of
 tests/realistic.py (a photo, scan or drawing each), classifies them through
@@ -12,19 +12,17 @@ arrays straight into the model, which is what the model's own test accuracy mean
 import argparse
 import sys
 import time
-from pathlib import Path
+from itertools import islice
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import data
+import decode
+import inference
+import preprocess
+from tests.realistic import CONDITIONS, generate
 
-import data  # noqa: E402
-import inference  # noqa: E402
-import preprocess  # noqa: E402
-from tests.realistic import CONDITIONS, generate  # noqa: E402
-
-BATCH = 100
+BATCH = 256  # samples rendered, then classified together
 
 
 def realistic_table(x, y, count, model, seed):
@@ -32,43 +30,27 @@ def realistic_table(x, y, count, model, seed):
     results = {name: [0, 0, 0] for name in CONDITIONS}
     samples = generate(x, y, per_condition=count, seed=seed)
     while True:
-        chunk = [s for _, s in zip(range(BATCH), samples)]
+        chunk = list(islice(samples, BATCH))
         if not chunk:
             return results
-        for sample, digit in zip(chunk, classify(chunk, model)):
-            results[sample.condition][0] += digit == sample.label
+        for sample, outcome in zip(chunk, inference.predict_each([s.image for s in chunk], model=model)):
+            if outcome.error is not None:
+                print(f"rejected: {sample.condition}, label {sample.label}: {outcome.error}", file=sys.stderr)
+            results[sample.condition][0] += outcome.prediction is not None and outcome.prediction.digit == sample.label
             results[sample.condition][1] += 1
-            results[sample.condition][2] += digit is None
-
-
-def classify(chunk, model):
-    """Digits predicted for a batch of samples; None where predict() found no digit."""
-    try:
-        return [p.digit for p in inference.predict([s.image for s in chunk], model=model)]
-    except preprocess.ImageError:  # one image was rejected: go one by one to see which
-        digits = []
-        for sample in chunk:
-            try:
-                digits.append(inference.predict(sample.image, model=model).digit)
-            except preprocess.ImageError as error:
-                print(f"rejected: {sample.condition}, label {sample.label}: {error}", file=sys.stderr)
-                digits.append(None)
-        return digits
+            results[sample.condition][2] += outcome.error is not None
 
 
 def mnist_accuracy(x, y, model):
     """Return (through predict(), raw arrays into the model) accuracy on MNIST arrays."""
-    through = np.concatenate([[p.digit for p in inference.predict(list(x[i:i + 500]), model=model)]
-                              for i in range(0, len(x), 500)])
-    raw = inference.get_model(model)(x[..., None].astype(np.float32)).argmax(axis=1)
+    through = np.array([p.digit for p in inference.predict(x, model=model)])
+    raw = inference.get_classifier(model)(x).argmax(axis=1)
     return float(np.mean(through == y)), float(np.mean(raw == y))
 
 
 def write_examples(x, y, path, seed):
     """Save one rendering per condition, each with the 28x28 input predict() makes of it."""
     from PIL import Image, ImageDraw
-
-    import preprocess
 
     tile, label_h, columns = 120, 14, 8
     samples = list(generate(x, y, per_condition=1, seed=seed))
@@ -82,7 +64,7 @@ def write_examples(x, y, path, seed):
         shown = Image.alpha_composite(checker, picture).convert("RGB")
         shown.thumbnail((tile - 4, tile - 4))
         sheet.paste(shown, (left + (tile - shown.width) // 2, top + label_h + (tile - shown.height) // 2))
-        mnist = preprocess.to_mnist(preprocess.load_image(sample.image)).clip(0, 255).astype("uint8")
+        mnist = np.asarray(preprocess.to_mnist(decode.decode(sample.image))).clip(0, 255).astype("uint8")
         sheet.paste(Image.fromarray(mnist).resize((tile - 8, tile - 8), Image.NEAREST).convert("RGB"),
                     (left + 4, top + label_h + tile + 4))
         draw.text((left + 3, top + 1), sample.condition[:20], fill="black")

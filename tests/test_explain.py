@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import decode
 import explain
 import inference
 import preprocess
+from errors import ImageError
 
 SAMPLES = Path(inference.__file__).parent / "sample_test_image"
 
@@ -18,24 +20,39 @@ def fake_prediction(digit):
     return inference.Prediction(digit, 0.91, probabilities)
 
 
+def traced(source):
+    """(source, outcome, trace) as the CLI hands them to explain.write_figure."""
+    trace = preprocess.Trace()
+    try:
+        preprocess.to_mnist(decode.decode(source), trace)
+        return source, fake_prediction(3), trace
+    except ImageError as error:
+        return source, error, trace
+
+
 def test_write_figure_draws_one_row_per_image(tmp_path):
     blank = tmp_path / "blank.png"
     Image.new("L", (60, 40), 255).save(blank)
     photo = np.full((300, 400, 3), 230, np.uint8)
     photo[100:220, 180:195] = (20, 30, 120)  # a blue "1"
-    rows = [(SAMPLES / "3.png", fake_prediction(3)), (photo, fake_prediction(1)),
-            (blank, preprocess.ImageError(f"no digit found in {blank}"))]
+    rows = [traced(SAMPLES / "3.png"), traced(photo), traced(blank), (tmp_path / "gone.png", ImageError("gone"), None)]
     out = tmp_path / "steps.png"
-    assert explain.write_figure(rows, out, low_confidence=0.95) == 3
+    assert explain.write_figure(rows, out, low_confidence=0.95) == 4
     with Image.open(out) as image:
         assert image.format == "PNG"
         width, height = image.size
-        assert width > 500 and height > 3 * 120  # five panels across, three rows down
+        assert width > 500 and height > 4 * 120  # five panels across, four rows down
         assert np.asarray(image.convert("L")).std() > 10  # something was drawn
 
 
+def test_write_figure_draws_without_preprocessing_again(tmp_path, monkeypatch):
+    rows = [traced(np.full((200, 200), 255, np.uint8) - np.eye(200, dtype=np.uint8) * 200)]
+    monkeypatch.setattr(preprocess, "to_mnist", None)  # drawing must not need it
+    assert explain.write_figure(rows, tmp_path / "one.png") == 1
+
+
 def test_write_figure_caps_the_rows(tmp_path):
-    rows = [(SAMPLES / "3.png", fake_prediction(3))] * (explain.MAX_ROWS + 3)
+    rows = [traced(SAMPLES / "3.png")] * (explain.MAX_ROWS + 3)
     assert explain.write_figure(rows, tmp_path / "many.png") == explain.MAX_ROWS
 
 

@@ -1,6 +1,9 @@
 """predict() on every input type, the shipped model on the samples, LiteRT vs Keras, and the CLI."""
 
+import csv
+import io
 import json
+import os
 import subprocess
 import sys
 
@@ -51,16 +54,62 @@ def test_input_types(shipped_model, small_mnist):
         assert prediction.digit == 7, name
 
 
-def test_a_list_runs_as_one_batch(shipped_model, small_mnist, monkeypatch):
-    runner = inference.load_model()
+def test_a_list_runs_in_batches(shipped_model, small_mnist):
+    classifier = inference.get_classifier(None)
     batches = []
-    monkeypatch.setattr(inference, "load_model", lambda: lambda batch: batches.append(len(batch)) or runner(batch))
+
+    def counting(images):
+        batches.append(len(images))
+        return classifier(images)
+
     images = list(small_mnist["x_test"][:20])
-    predictions = predict(images)
+    predictions = predict(images, model=counting)
     assert batches == [20]
     assert [p.digit for p in predictions] == [p.digit for p in map(predict, images)]
     accuracy = np.mean([p.digit == y for p, y in zip(predictions, small_mnist["y_test"][:20])])
     assert accuracy >= 0.95
+
+
+def test_an_array_of_images_is_a_batch(shipped_model, small_mnist):
+    x = small_mnist["x_test"]
+    as_array = predict(x)
+    assert [p.digit for p in as_array] == [p.digit for p in predict(list(x))]
+    assert [p.digit for p in predict(x[..., None])] == [p.digit for p in as_array]  # N x 28 x 28 x 1
+    raw = inference.get_classifier(None)(x).argmax(axis=1)
+    assert [p.digit for p in as_array] == raw.tolist()  # MNIST digits pass through unchanged
+    assert predict([]) == [] and predict(x[:0]) == []
+
+
+def test_predict_each_goes_on_past_bad_images(shipped_model, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    blank = np.full((50, 50), 255, np.uint8)
+    sources = [SAMPLES / "1.png", bad, blank, SAMPLES / "7.png", np.zeros((3, 3, 9))]
+    outcomes = list(inference.predict_each(iter(sources)))  # any iterable, read lazily
+    assert [o.source for o in outcomes[:2]] == sources[:2]
+    assert [o.prediction.digit if o.prediction else type(o.error) for o in outcomes] == [
+        1, inference.UnreadableImageError, inference.NoDigitError, 7, inference.UnreadableImageError]
+    with pytest.raises(inference.UnreadableImageError, match="bad.png"):
+        predict(sources)  # predict() raises the first error
+
+
+def test_many_files_in_worker_processes_match_one_process(shipped_model, tmp_path):
+    for i in range(120):  # enough to start the worker processes
+        digit = i % 10
+        (tmp_path / f"{i:03d}_{digit}.png").write_bytes((SAMPLES / f"{digit}.png").read_bytes())
+    paths = sorted(tmp_path.iterdir())
+    parallel = [o.prediction for o in inference.predict_each(paths, workers=2)]
+    alone = [o.prediction for o in inference.predict_each(paths, workers=1)]
+    assert parallel == alone
+    assert [p.digit for p in parallel] == [int(path.stem[-1]) for path in paths]
+
+
+def test_float_model_is_one_argument_away(shipped_model, small_mnist):
+    x = small_mnist["x_test"]
+    int8 = np.array([p.probabilities for p in predict(x)])
+    float32 = np.array([p.probabilities for p in predict(x, model=inference.FLOAT_MODEL)])
+    assert np.mean(int8.argmax(1) == float32.argmax(1)) >= 0.99
+    assert np.abs(int8 - float32).max() < 0.25
 
 
 def test_litert_agrees_with_keras(shipped_model, small_mnist):
@@ -69,11 +118,11 @@ def test_litert_agrees_with_keras(shipped_model, small_mnist):
     keras_model = keras.saving.load_model(SHIPPED_KERAS, compile=False)
     images = small_mnist["x_test"][..., None].astype(np.float32)
     expected = keras_model.predict(images, verbose=0)
-    litert = inference.load_model()(images)
+    litert = inference.get_classifier(inference.FLOAT_MODEL)(images)
     assert np.abs(litert - expected).max() < 1e-5
     # The same through predict() with either model file: MNIST digits pass through preprocessing untouched.
     via_keras = predict(list(small_mnist["x_test"][:10]), model=SHIPPED_KERAS)
-    via_litert = predict(list(small_mnist["x_test"][:10]))
+    via_litert = predict(list(small_mnist["x_test"][:10]), model=inference.FLOAT_MODEL)
     assert np.abs(np.array([p.probabilities for p in via_keras]) - [p.probabilities for p in via_litert]).max() < 1e-5
 
 
@@ -90,6 +139,7 @@ def run_cli(*args):
 def test_cli_text_on_the_sample_folder(shipped_model):
     result = run_cli()
     assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("10 images, 0 errors, ") and result.stderr.endswith(" images/s\n")
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 10
     for digit, line in enumerate(lines):
@@ -104,16 +154,48 @@ def test_cli_json(shipped_model):
     assert all(len(row["probabilities"]) == 10 for row in rows)
 
 
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
 def test_cli_errors_name_the_file_and_go_on(shipped_model, tmp_path):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
     missing = tmp_path / "missing.png"
-    result = run_cli(missing, not_an_image, SAMPLES / "2.png")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    result = run_cli(missing, not_an_image, fifo, SAMPLES / "2.png")
     assert result.returncode == 1
     assert result.stdout.strip() == f"{SAMPLES / '2.png'}: 2 ({predict(SAMPLES / '2.png').confidence:.1%})"
-    errors = result.stderr.strip().splitlines()
-    assert len(errors) == 2 and "Traceback" not in result.stderr
-    assert str(missing) in errors[0] and str(not_an_image) in errors[1]
+    errors = error_lines(result.stderr)
+    assert len(errors) == 3 and "Traceback" not in result.stderr
+    assert str(missing) in errors[0] and str(not_an_image) in errors[1] and str(fifo) in errors[2]
+    assert result.stderr.strip().splitlines()[-1].startswith("4 images, 3 errors, ")
+
+
+def test_cli_formats(shipped_model, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"junk")
+    files = [SAMPLES / "4.png", bad]
+    csv_out = run_cli("--format", "csv", *files)
+    rows = list(csv.DictReader(io.StringIO(csv_out.stdout)))
+    assert [row["path"] for row in rows] == [str(f) for f in files]
+    assert rows[0]["digit"] == "4" and rows[0]["error"] == "" and len([k for k in rows[0] if k.startswith("p")]) == 11
+    assert rows[1]["digit"] == "" and "bad.png" in rows[1]["error"]
+    jsonl = [json.loads(line) for line in run_cli("--format", "jsonl", *files).stdout.splitlines()]
+    assert jsonl[0]["digit"] == 4 and "error" in jsonl[1]
+
+
+def test_cli_recursive(shipped_model, tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for folder, digit in [(tmp_path, 1), (tmp_path / "a", 5), (tmp_path / "a" / "b", 8)]:
+        (folder / f"{digit}.png").write_bytes((SAMPLES / f"{digit}.png").read_bytes())
+    (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)  # never followed
+    flat = run_cli(tmp_path)
+    assert flat.returncode == 0 and flat.stdout.count("\n") == 1
+    deep = run_cli("--recursive", tmp_path)
+    assert deep.returncode == 0, deep.stderr
+    assert [line.split(": ")[1][0] for line in deep.stdout.splitlines()] == ["1", "5", "8"]
 
 
 def test_cli_folder_without_images(shipped_model, tmp_path):

@@ -1,13 +1,18 @@
-"""preprocess: any single-digit image -> MNIST's own 28x28 form."""
+"""decode + preprocess: any single-digit image -> MNIST's own 28x28 form."""
 
+import io
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import decode
 import inference
+import pieces
 import preprocess
+from errors import ImageTooLargeError, NoDigitError, UnreadableImageError
 from realistic import CONDITIONS, generate, load_digits
 
 X, Y = load_digits()
@@ -28,7 +33,7 @@ def similar(a, b):
 
 
 def mnist(source):
-    return preprocess.to_mnist(preprocess.load_image(source))
+    return np.asarray(preprocess.to_mnist(decode.decode(source)), np.float32)
 
 
 REFERENCE = mnist(paper().round().astype(np.uint8))
@@ -36,7 +41,7 @@ REFERENCE = mnist(paper().round().astype(np.uint8))
 
 def test_output_is_mnist_shaped():
     out = mnist(paper().astype(np.uint8))
-    assert out.shape == (28, 28) and out.dtype == np.float32
+    assert out.shape == (28, 28)
     assert out.min() == 0 and out.max() == pytest.approx(255, abs=1)
     rows, cols = np.flatnonzero(out.any(1)), np.flatnonzero(out.any(0))
     assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 == 20  # fits MNIST's 20x20 box
@@ -184,10 +189,10 @@ def test_thin_strokes_are_thickened_to_mnist_range():
     from PIL import ImageDraw
     image = Image.fromarray(page)
     ImageDraw.Draw(image).line([(100, 60), (200, 60), (130, 240)], fill=0, width=1)  # a 1-pixel "7"
-    trace = {}
-    preprocess.to_mnist(preprocess.load_image(image), trace)
-    assert trace["stroke"] < preprocess.STROKE_RANGE[0]
-    core = trace["mnist"] > 128
+    trace = preprocess.Trace()
+    preprocess.to_mnist(decode.decode(image), trace)
+    assert trace.stroke < preprocess.STROKE_RANGE[0]
+    core = trace.mnist > 128
     assert core.sum() >= 40  # after thickening, MNIST-like 2-3 px strokes, not a faint hairline
 
 
@@ -206,23 +211,115 @@ def test_no_digit_is_a_clear_error(blank, tmp_path):
              "jpeg noise": np.full((120, 160), 240) + rng.normal(0, 2, (120, 160))}[blank]
     path = tmp_path / "blank.jpg"
     Image.fromarray(array.clip(0, 255).astype(np.uint8)).save(path, quality=75)
-    with pytest.raises(preprocess.ImageError, match=f"^no digit found in {path}$"):
+    with pytest.raises(NoDigitError, match=f"^no digit found in {path}$"):
         mnist(path)
-    with pytest.raises(preprocess.ImageError, match="^no digit found in the image$"):
+    with pytest.raises(NoDigitError, match="^no digit found in the image$"):
         mnist(array.clip(0, 255).astype(np.uint8))
 
 
 def test_unreadable_inputs_name_the_file(tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not a picture")
-    with pytest.raises(preprocess.ImageError, match=f"^{bad}: not a readable image"):
-        preprocess.load_image(bad)
-    with pytest.raises(preprocess.ImageError, match="no such file"):
-        preprocess.load_image(tmp_path / "missing.png")
-    with pytest.raises(preprocess.ImageError, match="HxW"):
-        preprocess.load_image(np.zeros((4, 4, 7)))
-    with pytest.raises(preprocess.ImageError, match="cannot classify"):
-        preprocess.load_image(42)
+    with pytest.raises(UnreadableImageError, match=f"^{bad}: not an image"):
+        decode.decode(bad)
+    with pytest.raises(UnreadableImageError, match="no such file"):
+        decode.decode(tmp_path / "missing.png")
+    with pytest.raises(UnreadableImageError, match="a folder"):
+        decode.decode(tmp_path)
+    with pytest.raises(UnreadableImageError, match="HxW"):
+        decode.decode(np.zeros((4, 4, 7)))
+    with pytest.raises(UnreadableImageError, match="cannot read a int"):
+        decode.decode(42)
+
+
+def test_a_named_pipe_is_refused_without_waiting(tmp_path):
+    fifo = tmp_path / "digit.png"
+    os.mkfifo(fifo)
+    with pytest.raises(UnreadableImageError, match="not a regular file"):
+        decode.decode(fifo)  # opening it for reading must not wait for a writer
+
+
+def test_the_pixel_budget_is_checked_before_decoding():
+    bomb = io.BytesIO()
+    Image.new("1", (20000, 10000), 1).save(bomb, "PNG")  # 25 KB that would decode to 200 megapixels
+    assert bomb.tell() < 100_000
+    with pytest.raises(ImageTooLargeError, match="too large"):
+        decode.decode(bomb.getvalue())
+    with pytest.raises(ImageTooLargeError):
+        decode.decode(png_bytes(Image.new("L", (300, 300))), max_pixels=10_000)
+
+
+def test_a_big_jpeg_is_decoded_at_a_reduced_scale():
+    photo = io.BytesIO()
+    Image.new("RGB", (6000, 4000), "white").save(photo, "JPEG")
+    picture = decode.decode(photo.getvalue())
+    assert max(picture.pixels.shape) <= decode.WORK_SIDE and picture.pixels.dtype == np.uint8
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (300, 200, 3), (2000, 900), (1200, 1200, 4)])
+def test_decoded_pictures_are_bounded_8_bit(shape):
+    rng = np.random.default_rng(3)
+    picture = decode.decode(rng.integers(0, 256, shape).astype(np.uint8))
+    assert picture.pixels.dtype == np.uint8 and max(picture.pixels.shape[:2]) <= decode.WORK_SIDE
+    assert picture.pixels.ndim == 2 or picture.pixels.shape[2] == 3
+
+
+def test_a_ruled_line_alone_is_no_digit():
+    page = np.full((200, 300), 250, np.uint8)
+    page[:3] = 20  # a form's line along the top edge, nothing else (once a crash: max() of nothing)
+    with pytest.raises(NoDigitError):
+        mnist(page)
+
+
+def test_mnist_form_keeps_mnist_and_refits_one_pixel_drawings():
+    assert preprocess.mnist_form(X).all()  # every fixture digit is kept as it is
+    from PIL import ImageDraw
+    drawings = []
+    for width in (1, 3):
+        image = Image.new("L", (28, 28))
+        ImageDraw.Draw(image).line([(10, 6), (18, 6), (12, 22)], fill=255, width=width)
+        drawings.append(np.asarray(image))
+    one_pixel, three_pixels = preprocess.mnist_form(np.stack(drawings))
+    assert not one_pixel  # a 1-pixel pen is thickened first, as for any other drawing
+    trace = preprocess.Trace()
+    preprocess.to_mnist(decode.decode(drawings[0]), trace)
+    assert trace.stroke < preprocess.STROKE_RANGE[0] and (trace.mnist > 128).sum() > (drawings[0] > 128).sum()
+
+
+def test_connected_pieces_match_a_flood_fill():
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        mask = rng.random(tuple(rng.integers(1, 25, 2))) < rng.uniform(0.05, 0.7)
+        labels = pieces.label_components(mask)
+        assert np.array_equal(labels > 0, mask)
+        flood = flood_fill(mask)
+        pairs = set(zip(labels[mask].tolist(), flood[mask].tolist()))
+        assert len(pairs) == len(set(flood[mask].tolist())) == len(set(labels[mask].tolist()))
+
+
+def flood_fill(mask):
+    """8-connected labels the slow, obvious way."""
+    labels, count = np.zeros(mask.shape, int), 0
+    for start in zip(*np.nonzero(mask)):
+        if labels[start]:
+            continue
+        count += 1
+        labels[start], todo = count, [start]
+        while todo:
+            y, x = todo.pop()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    near = (y + dy, x + dx)
+                    if 0 <= near[0] < mask.shape[0] and 0 <= near[1] < mask.shape[1] and mask[near] and not labels[near]:
+                        labels[near] = count
+                        todo.append(near)
+    return labels
+
+
+def png_bytes(image):
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def test_realistic_set_is_deterministic_and_covers_each_condition():

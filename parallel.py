@@ -1,0 +1,220 @@
+"""Decode and preprocess many inputs across cores, in order, with memory that stays flat.
+
+    for batch in prepare_many(sources):
+        batch.sources  # up to CHUNK inputs, as given
+        batch.images   # their 28x28 model inputs, one row each (zeros where one failed)
+        batch.errors   # per input: None, or the ImageError that stopped it
+
+Inputs already in memory (arrays, PIL images) are decoded here, and those already in
+MNIST's form are kept as they are, checked for a whole chunk at once (an N x 28 x 28
+uint8 array never takes a Python step per image). Everything else (files, bytes,
+pictures that need the full pipeline) goes to worker processes in small tasks, a few
+chunks ahead of the consumer, so a million files never sit in memory at once.
+"""
+
+import multiprocessing
+import os
+import queue
+import threading
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from itertools import islice
+from typing import List, NamedTuple, Optional
+
+import numpy as np
+
+from decode import Picture, decode
+from errors import ImageError
+from preprocess import SIZE, Trace, mnist_form, to_mnist
+
+CHUNK = 256  # inputs read and classified together
+STACK_CHUNK = 512  # rows of an N x 28 x 28 array checked and classified together
+TASK = 32  # inputs per task sent to a worker: enough to hide the cost of sending it
+AHEAD = 2  # chunks in flight while the consumer classifies: keeps the workers busy, memory bounded
+PARALLEL_MIN = 32  # until this many inputs needed real work, they are done in this process (no start-up)
+
+
+class Prepared(NamedTuple):
+    """One input after preprocessing: its model input or its error, and its steps if asked for."""
+
+    image: Optional[np.ndarray]  # 28x28, light digit on dark, 0-255
+    error: Optional[ImageError]
+    trace: Optional[Trace]
+
+
+class Batch(NamedTuple):
+    """A chunk of inputs after preprocessing."""
+
+    sources: list  # the inputs as given (rows of an array)
+    images: np.ndarray  # N x 28 x 28 float32 model inputs; zeros where an input failed
+    errors: List[Optional[ImageError]]
+    traces: List[Optional[Trace]]  # a Trace for the first `traces` inputs, else None
+
+
+def cores():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def prepare_many(sources, workers=None, traces=0):
+    """Yield Batches of at most CHUNK inputs, in order.
+
+    Args:
+        sources: an iterable of anything decode.decode() takes, read lazily; or an
+            N x 28 x 28 uint8 array.
+        workers: processes for decoding and preprocessing (default: one per core).
+        traces: how many of the first inputs also get a Trace of their steps.
+    """
+    workers = cores() if workers is None else workers
+    if is_stack(sources):
+        chunks = (sources[i:i + STACK_CHUNK] for i in range(0, len(sources), STACK_CHUNK))
+    else:
+        sources = iter(sources)
+        chunks = iter(lambda: list(islice(sources, CHUNK)), [])
+    pool, pending, position, heavy_seen = None, deque(), 0, 0
+    try:
+        for chunk in chunks:
+            wanted = max(0, min(len(chunk), traces - position))
+            position += len(chunk)
+            batch, heavy = prepare_in_memory(chunk, wanted)
+            heavy_seen += len(heavy)
+            if heavy and pool is None and workers > 1 and heavy_seen >= PARALLEL_MIN:
+                pool = start_pool(workers)
+            tasks = []
+            if heavy and pool is not None:
+                try:
+                    tasks = [pool.submit(prepare_list, *unzip(heavy[i:i + TASK], wanted))
+                             for i in range(0, len(heavy), TASK)]
+                except BrokenProcessPool:  # see finish(): the rest is done here
+                    tasks = []
+            pending.append((batch, heavy, wanted, tasks))
+            while len(pending) > (AHEAD if pool else 0):
+                yield finish(*pending.popleft())
+        while pending:
+            yield finish(*pending.popleft())
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def is_stack(sources):
+    """An N x 28 x 28 uint8 array: N images that need no decoding."""
+    return isinstance(sources, np.ndarray) and sources.dtype == np.uint8 and sources.shape[1:] == (SIZE, SIZE)
+
+
+def prepare_in_memory(chunk, traces):
+    """Do the cheap part here: decode in-memory inputs, keep those already in MNIST's form.
+
+    Returns (batch, heavy): the Batch so far, and (index, source or Picture) for each
+    input still to prepare (files and bytes undecoded).
+    """
+    count = len(chunk)
+    batch = Batch(list(chunk), np.zeros((count, SIZE, SIZE), np.float32), [None] * count,
+                  [Trace() if i < traces else None for i in range(count)])
+    if is_stack(chunk):  # one vectorised check, no Python step per image
+        ready = np.zeros(count, bool)
+        ready[traces:] = mnist_form(chunk[traces:])
+        batch.images[:] = chunk
+        batch.images[~ready] = 0
+        return batch, [(i, Picture(chunk[i], "the image")) for i in np.flatnonzero(~ready).tolist()]
+    pictures, heavy = {}, []
+    for i, source in enumerate(chunk):
+        if isinstance(source, (str, os.PathLike, bytes, bytearray)):
+            heavy.append(i)  # decoding reads a file or parses bytes: a worker's job
+            continue
+        try:
+            pictures[i] = decode(source)
+        except ImageError as error:
+            batch.errors[i] = error
+    small = [i for i, p in pictures.items() if p.pixels.shape == (SIZE, SIZE) and i >= traces]
+    ready = set(np.array(small)[mnist_form(np.stack([pictures[i].pixels for i in small]))].tolist()) if small else ()
+    for i in ready:
+        batch.images[i] = pictures[i].pixels
+    heavy += [i for i in pictures if i not in ready]
+    return batch, [(i, pictures.get(i, chunk[i])) for i in sorted(heavy)]
+
+
+def finish(batch, heavy, wanted, tasks):
+    """Fill in a chunk's heavy inputs, from its tasks (or here, if a worker died), and return it."""
+    try:
+        done = [prepared for task in tasks for prepared in task.result()] if tasks else None
+    except BrokenProcessPool:  # a worker was killed (out of memory, say): do its inputs here
+        done = None
+    if done is None:
+        done = prepare_list(*unzip(heavy, wanted))
+    for (i, _), prepared in zip(heavy, done):
+        if prepared.error is None:
+            batch.images[i] = prepared.image
+        batch.errors[i] = prepared.error
+        if prepared.trace is not None:
+            batch.traces[i] = prepared.trace
+    return batch
+
+
+def unzip(heavy, wanted):
+    """(index, source) pairs -> (sources, whether each wants a trace)."""
+    return [s for _, s in heavy], [i < wanted for i, _ in heavy]
+
+
+def start_pool(workers):
+    # fork: a worker starts in a millisecond with everything imported, and never re-runs the
+    # caller's script (as spawn would, breaking scripts without a __main__ guard). Workers
+    # only decode and preprocess: they never touch the model or its threads.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+
+def prepare_list(sources, want_traces):
+    """Decode and preprocess each source (a worker's task); errors are returned, not raised."""
+    return [prepare(source, want) for source, want in zip(sources, want_traces)]
+
+
+def prepare(source, want_trace=False):
+    """Return one source's Prepared: its 28x28 model input, or the ImageError it raised."""
+    trace = Trace() if want_trace else None
+    try:
+        picture = source if isinstance(source, Picture) else decode(source)
+        return Prepared(to_mnist(picture, trace), None, trace)
+    except ImageError as error:
+        return Prepared(None, error, trace)
+
+
+def prefetched(iterable, depth=2):
+    """Yield from `iterable`, run in a background thread up to `depth` items ahead.
+
+    The model's batches run in native code that lets go of the GIL, so preparing the
+    next chunk in this thread overlaps with classifying the current one.
+    """
+    items, stop, done = queue.Queue(depth), threading.Event(), object()
+
+    def produce():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        items.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put((done, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            items.put((done, error))
+        finally:
+            if stop.is_set() and hasattr(iterable, "close"):
+                iterable.close()  # shuts its worker pool down
+
+    thread = threading.Thread(target=produce, name="prepare", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = items.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
