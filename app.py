@@ -217,6 +217,7 @@ def server_urls(server):
 
 
 def main(argv=None):
+    import decode
     import inference
 
     parser = argparse.ArgumentParser(
@@ -230,6 +231,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=4, help="worker threads")
     args = parser.parse_args(argv)
 
+    decode.use_own_limits()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # More clients than threads just wait their turn: no warning for each queued request.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)

@@ -31,21 +31,30 @@ class Classifier:
 
         self.path = Path(path)
         self.threads = threads or len(os.sched_getaffinity(0))
-        # One interpreter for full batches and one for the rest, so that tensors are
-        # allocated once per batch size rather than on every call.
-        self.full = Interpreter(model_path=str(path), num_threads=self.threads)
-        self.rest = Interpreter(model_path=str(path), num_threads=self.threads)
-        self.input = self.full.get_input_details()[0]["index"]
-        self.output = self.full.get_output_details()[0]["index"]
+        self.make = lambda: Interpreter(model_path=str(path), num_threads=self.threads)
+        probe = self.make()  # reads the file now, so that a bad one fails here
+        self.input = probe.get_input_details()[0]["index"]
+        self.output = probe.get_output_details()[0]["index"]
+        # One interpreter per batch size in use (BATCH, and the size of the last, partial
+        # batch), each allocated once; made when first needed.
+        self.interpreters, self.sizes = {1: probe}, {1: 1}
         with native_stderr_silenced():  # LiteRT logs an INFO line on its first allocation
-            self.resize(self.full, BATCH)
-            self.resize(self.rest, 1)
-        self.rest_size = 1
+            self.resize(probe, 1)
         self.lock = threading.Lock()  # an interpreter runs one batch at a time
 
     def resize(self, interpreter, size):
         interpreter.resize_tensor_input(self.input, (size, 28, 28, 1))
         interpreter.allocate_tensors()
+
+    def interpreter(self, size):
+        """The interpreter for a batch of `size`: BATCH's own, or the one kept for other sizes."""
+        key = BATCH if size == BATCH else 1
+        if key not in self.interpreters:
+            self.interpreters[key] = self.make()
+        if self.sizes.get(key) != size:
+            self.resize(self.interpreters[key], size)
+            self.sizes[key] = size
+        return self.interpreters[key]
 
     def __call__(self, images):
         images = np.asarray(images, np.float32).reshape(-1, 28, 28, 1)
@@ -53,10 +62,7 @@ class Classifier:
         with self.lock:
             for start in range(0, len(images), BATCH):
                 chunk = images[start:start + BATCH]
-                interpreter = self.full if len(chunk) == BATCH else self.rest
-                if interpreter is self.rest and self.rest_size != len(chunk):
-                    self.resize(self.rest, len(chunk))
-                    self.rest_size = len(chunk)
+                interpreter = self.interpreter(len(chunk))
                 interpreter.set_tensor(self.input, chunk)
                 interpreter.invoke()
                 out[start:start + len(chunk)] = interpreter.get_tensor(self.output)

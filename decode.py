@@ -13,6 +13,7 @@ reduced and brought to 8 bits before it becomes floats. Whatever Pillow raises b
 UnreadableImageError naming the input.
 """
 
+import contextlib
 import io
 import os
 import stat
@@ -24,6 +25,11 @@ from PIL import Image, ImageFilter, UnidentifiedImageError
 from errors import ImageTooLargeError, UnreadableImageError
 
 WORK_SIDE = 400  # pictures are brought down to this long side: room for a small digit in a corner
+# Bytes per pixel at the peak of decoding, by mode: what Pillow stores (multi-band images take
+# 4 bytes a pixel), plus the copy that converting or reducing makes. Unknown modes count 8.
+PEAK_BYTES = {"1": 4, "L": 2, "P": 9, "I;16": 6, "I;16B": 6, "I;16L": 6, "I;16N": 6, "I": 4, "F": 4,
+              "LA": 8, "PA": 9, "RGB": 8, "RGBA": 8, "RGBa": 8, "RGBX": 8, "CMYK": 8, "YCbCr": 8}
+MAX_DECODE_MB = 200  # with Python, NumPy and Pillow themselves, a file's decoding stays under 300 MB
 # A JPEG is decoded at the smallest libjpeg scale that keeps this long side: that is what costs
 # least (no resize after it), and a photo's digit is big enough at this size.
 JPEG_MIN_SIDE = 280
@@ -63,7 +69,7 @@ def decode(source, name=None, max_pixels=MAX_PIXELS):
     if isinstance(source, np.ndarray):
         return Picture(array_to_pixels(source, name), name)
     if isinstance(source, Image.Image):
-        return Picture(pil_to_pixels(source, name, max_pixels), name)
+        return Picture(read_pillow(lambda: contextlib.nullcontext(source), name, max_pixels), name)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return decode_stream(io.BytesIO(source), name, max_pixels)
     if hasattr(source, "read"):
@@ -95,9 +101,14 @@ def decode_path(path, name, max_pixels):
 
 
 def decode_stream(file, name, max_pixels):
+    return Picture(read_pillow(lambda: Image.open(file, formats=FORMATS), name, max_pixels), name)
+
+
+def read_pillow(open_image, name, max_pixels):
+    """pil_to_pixels(open_image()), with whatever Pillow raises turned into UnreadableImageError."""
     try:
-        with Image.open(file, formats=FORMATS) as image:
-            return Picture(pil_to_pixels(image, name, max_pixels), name)
+        with open_image() as image:
+            return pil_to_pixels(image, name, max_pixels)
     except UnreadableImageError:
         raise
     except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours, said so first
@@ -121,22 +132,23 @@ def pil_to_pixels(image, name, max_pixels=MAX_PIXELS):
     width, height = image.size
     if width < 1 or height < 1:
         raise UnreadableImageError(f"{name}: an empty image ({width}x{height})")
-    orientation = exif_orientation(image)
     if image.format in ("JPEG", "MPO"):  # libjpeg decodes at 1/2, 1/4 or 1/8 scale for free
         scale = next(s for s in (8, 4, 2, 1) if max(width, height) // s >= JPEG_MIN_SIDE or s == 1)
         if scale > 1:
             image.draft(None, (width // scale, height // scale))
             width, height = image.size
-    if width * height > max_pixels:
-        raise ImageTooLargeError(f"{name}: too large ({width}x{height} pixels; "
-                                 f"the limit is {max_pixels / 1e6:g} megapixels)")
+    megabytes = width * height * PEAK_BYTES.get(image.mode, 8) / 2**20
+    if width * height > max_pixels or megabytes > MAX_DECODE_MB:
+        raise ImageTooLargeError(f"{name}: too large ({width}x{height} pixels, mode {image.mode}; the limit is "
+                                 f"{min(max_pixels, MAX_DECODE_MB * 2**20 / PEAK_BYTES.get(image.mode, 8)) / 1e6:.0f}"
+                                 " megapixels)")
     try:
         image.seek(0)  # the first frame of an animation or a multi-page TIFF
     except (AttributeError, EOFError, ValueError):
         pass
     image.load()
-    image = to_eight_bit(image)
-    image = reduce_to(image, WORK_SIDE)
+    orientation = exif_orientation(image)  # after load(): a PNG may keep its EXIF after the pixels
+    image = reduce_to(to_eight_bit(image), WORK_SIDE)
     if orientation in UPRIGHT:
         image = image.transpose(UPRIGHT[orientation])
     return finish(np.asarray(image), name)
@@ -167,7 +179,7 @@ def to_eight_bit(image):
         return image.convert("RGB")
     # I, I;16 (any byte order) and F: reduce first (in Pillow where it can), then scale to 0-255
     array = np.asarray(reduce_to(image, 2 * WORK_SIDE) if mode in ("I", "F") else image)
-    if not np.isfinite(array).all():
+    if mode == "F" and not np.isfinite(array).all():
         array = np.where(np.isfinite(array), array, 0)  # NaN and inf: no information, call it black
     offset, factor = value_scale(array.dtype, array)
     small = block_mean(array, 2 * WORK_SIDE)
@@ -208,7 +220,7 @@ def array_to_pixels(array, name):
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (2, 3, 4)) or 0 in array.shape:
         raise UnreadableImageError(f"{name}: an image array must be HxW or HxWxC (C = 1-4), "
                                    f"got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
+    if array.dtype.kind not in "biuf":  # bool, integers and floats; not complex, dates, text or objects
         raise UnreadableImageError(f"{name}: cannot read an array of {array.dtype}")
     if array.dtype == np.uint8:
         return finish(array, name)
@@ -287,3 +299,16 @@ def composite(colour, alpha):
 def luminance(rgb):
     """Grey levels of RGB values (ITU-R 601, as Pillow's convert("L"))."""
     return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def use_own_limits():
+    """For the command line and the web app: let decode()'s budget alone decide what is too large.
+
+    Pillow's own limit is checked on a JPEG's full size, before decode() scales it down,
+    and it warns about images decode() refuses anyway. Its other warnings (a corrupt EXIF
+    block, say) concern images that decode fine; errors still come as UnreadableImageError.
+    """
+    import warnings
+
+    Image.MAX_IMAGE_PIXELS = None
+    warnings.filterwarnings("ignore", module="PIL")

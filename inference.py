@@ -27,6 +27,7 @@ from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 
+import decode
 import parallel
 from classifier import KerasClassifier, ModelError, load_classifier
 from errors import ImageError, ImageTooLargeError, NoDigitError, UnreadableImageError
@@ -39,7 +40,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE / "mnist_cnn_int8.tflite"  # int8 weights: 2.5x faster, same test accuracy (README)
 FLOAT_MODEL = HERE / "mnist_cnn.tflite"
 DEFAULT_IMAGES = HERE / "sample_test_image"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
+                  ".pgm", ".ppm", ".pbm", ".pnm", ".tga"}  # what decode.FORMATS reads
 # Below this the CLI flags a prediction as unsure. Label smoothing in training caps a clear
 # digit's probability near 0.91, so 0.5 means that no digit has even half of the probability.
 LOW_CONFIDENCE = 0.5
@@ -247,6 +249,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    decode.use_own_limits()
     try:
         classifier = get_classifier(args.model)
     except ModelError as error:

@@ -12,13 +12,11 @@ pictures that need the full pipeline) goes to worker processes in small tasks, a
 chunks ahead of the consumer, so a million files never sit in memory at once.
 """
 
-import multiprocessing
 import os
 import queue
 import threading
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import BrokenExecutor
 from itertools import islice
 from typing import List, NamedTuple, Optional
 
@@ -86,7 +84,7 @@ def prepare_many(sources, workers=None, traces=0):
                 try:
                     tasks = [pool.submit(prepare_list, *unzip(heavy[i:i + TASK], wanted))
                              for i in range(0, len(heavy), TASK)]
-                except BrokenProcessPool:  # see finish(): the rest is done here
+                except BrokenExecutor:  # see finish(): the rest is done here
                     tasks = []
             pending.append((batch, heavy, wanted, tasks))
             while len(pending) > (AHEAD if pool else 0):
@@ -127,19 +125,27 @@ def prepare_in_memory(chunk, traces):
             pictures[i] = decode(source)
         except ImageError as error:
             batch.errors[i] = error
-    small = [i for i, p in pictures.items() if p.pixels.shape == (SIZE, SIZE) and i >= traces]
-    ready = set(np.array(small)[mnist_form(np.stack([pictures[i].pixels for i in small]))].tolist()) if small else ()
+    ready = in_mnist_form({i: p for i, p in pictures.items() if i >= traces})
     for i in ready:
         batch.images[i] = pictures[i].pixels
     heavy += [i for i in pictures if i not in ready]
     return batch, [(i, pictures.get(i, chunk[i])) for i in sorted(heavy)]
 
 
+def in_mnist_form(pictures):
+    """The keys of those {key: Picture} that are 28x28 and already in MNIST's form, checked in one go."""
+    small = [key for key, picture in pictures.items() if picture.pixels.shape == (SIZE, SIZE)]
+    if not small:
+        return set()
+    ready = mnist_form(np.stack([pictures[key].pixels for key in small]))
+    return {key for key, keep in zip(small, ready.tolist()) if keep}
+
+
 def finish(batch, heavy, wanted, tasks):
     """Fill in a chunk's heavy inputs, from its tasks (or here, if a worker died), and return it."""
     try:
         done = [prepared for task in tasks for prepared in task.result()] if tasks else None
-    except BrokenProcessPool:  # a worker was killed (out of memory, say): do its inputs here
+    except BrokenExecutor:  # a worker was killed (out of memory, say): do its inputs here
         done = None
     if done is None:
         done = prepare_list(*unzip(heavy, wanted))
@@ -158,6 +164,9 @@ def unzip(heavy, wanted):
 
 
 def start_pool(workers):
+    import multiprocessing  # here, not at the top: one image never needs them (a faster cold start)
+    from concurrent.futures import ProcessPoolExecutor
+
     # fork: a worker starts in a millisecond with everything imported, and never re-runs the
     # caller's script (as spawn would, breaking scripts without a __main__ guard). Workers
     # only decode and preprocess: they never touch the model or its threads.
@@ -165,8 +174,23 @@ def start_pool(workers):
 
 
 def prepare_list(sources, want_traces):
-    """Decode and preprocess each source (a worker's task); errors are returned, not raised."""
-    return [prepare(source, want) for source, want in zip(sources, want_traces)]
+    """Decode and preprocess each source (a worker's task); errors are returned, not raised.
+
+    Decoded digits already in MNIST's form are checked together, not one by one.
+    """
+    results, pictures = {}, {}
+    for i, (source, want) in enumerate(zip(sources, want_traces)):
+        if want or isinstance(source, Picture):
+            results[i] = prepare(source, want)
+            continue
+        try:
+            pictures[i] = decode(source)
+        except ImageError as error:
+            results[i] = Prepared(None, error, None)
+    ready = in_mnist_form(pictures)
+    for i, picture in pictures.items():
+        results[i] = Prepared(picture.pixels, None, None) if i in ready else prepare(picture)
+    return [results[i] for i in range(len(sources))]
 
 
 def prepare(source, want_trace=False):

@@ -21,6 +21,7 @@ class Piece(NamedTuple):
     mass: float  # the ink it holds
     box: tuple  # (top, bottom, left, right) in grid cells, bottom and right exclusive
     tier: int  # 0: clear of the border; 1: touches it; 2: runs along it (an edge, a shadow)
+    line: bool  # a thin line lying along the border (a ruled line, a paper edge): never the digit
 
 
 class DigitPieces(NamedTuple):
@@ -150,13 +151,17 @@ def describe_pieces(labels, mass):
         if members.size == 0:
             continue
         r, c = np.divmod(members, cols)
-        along = max((r == 0).sum() / cols, (r == rows - 1).sum() / cols,
-                    (c == 0).sum() / rows, (c == cols - 1).sum() / rows)
-        spans = r.max() - r.min() + 1 >= 0.9 * rows or c.max() - c.min() + 1 >= 0.9 * cols
+        height, width = r.max() - r.min() + 1, c.max() - c.min() + 1
+        along_rows = max((r == 0).sum(), (r == rows - 1).sum()) / cols  # lying on the top or bottom edge
+        along_cols = max((c == 0).sum(), (c == cols - 1).sum()) / rows  # on the left or right edge
+        spans = height >= 0.9 * rows or width >= 0.9 * cols
         touches = r.min() == 0 or c.min() == 0 or r.max() == rows - 1 or c.max() == cols - 1
+        # a line: a tenth of the picture thick at most, in a picture with room for a digit beside it
+        line = ((along_rows >= 1 / 3 and height <= max(1, 0.1 * rows) and rows >= 8)
+                or (along_cols >= 1 / 3 and width <= max(1, 0.1 * cols) and cols >= 8))
         pieces.append(Piece(index + 1, float(mass.ravel()[members].sum()),
                             (int(r.min()), int(r.max()) + 1, int(c.min()), int(c.max()) + 1),
-                            2 if along >= 1 / 3 or spans else int(touches)))
+                            2 if max(along_rows, along_cols) >= 1 / 3 or spans else int(touches), bool(line)))
     return pieces
 
 
@@ -167,7 +172,8 @@ def choose_main(pieces, cell, height, width):
     those that run along it (a table or the sheet's edge in a photo, a shadow): a
     tight crop's digit touches the border, but then nothing else competes with it.
     """
-    if not pieces:  # every stroke was a border line
+    pieces = [p for p in pieces if not p.line]
+    if not pieces:  # only specks and lines along the border
         return None
     heaviest = max(pieces, key=lambda p: p.mass)
     # a candidate must be digit-sized, and not a speck next to a much bigger piece
