@@ -20,6 +20,7 @@ def test_smoke_run_writes_outputs(smoke_run):
     with zipfile.ZipFile(out / train.MODEL_FILE) as archive:
         assert "optimizer" not in archive.read("config.json").decode()
     assert (out / train.LITERT_FILE).stat().st_size > 3_000_000
+    assert (out / train.LITERT_INT8_FILE).stat().st_size < 1_500_000  # int8 weights: a quarter of the size
 
     with Image.open(out / train.HISTORY_FILE) as plot:
         assert plot.format == "PNG" and plot.width > 500
@@ -31,6 +32,7 @@ def test_smoke_run_writes_outputs(smoke_run):
     assert np.array(saved["confusion_matrix"]).sum() == saved["test_size"] == 100
     assert saved["train_size"] + saved["val_size"] == 300
     assert len(saved["epoch_seconds"]) == 2 and saved["wall_seconds"] > 0
+    assert 0 <= saved["int8_test_accuracy"] <= 1 and 0 <= saved["int8_agreement_with_float"] <= 1
     assert saved == metrics
 
 
@@ -71,3 +73,23 @@ def test_help_states_every_default(capsys):
     for option in ("--epochs", "--batch-size", "--seed", "--learning-rate", "--out-dir", "--precision"):
         assert option in text
     assert text.count("(default:") >= 15
+
+
+def test_inference_graph_is_the_same_function(small_mnist):
+    """The int8 export's graph (batch norms moved past the pools, one folded into a Dense) computes the same."""
+    import keras
+
+    from model import build_model
+
+    keras.utils.set_random_seed(3)
+    model = build_model()
+    for layer in model.layers:  # trained-looking batch norms: positive scales, nonzero statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            rng = np.random.default_rng(len(gamma))
+            layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(0, 0.3, beta.shape),
+                               rng.normal(0, 0.3, mean.shape), rng.uniform(0.5, 2, variance.shape)])
+    images = small_mnist["x_test"][..., None].astype("float32")
+    rearranged = train.inference_graph(model)
+    assert rearranged is not model
+    assert np.abs(rearranged.predict(images, verbose=0) - model.predict(images, verbose=0)).max() < 1e-5
