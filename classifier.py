@@ -30,14 +30,15 @@ class Classifier:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
-        self.threads = threads or len(os.sched_getaffinity(0))
+        self.threads = threads or cores()
         self.make = lambda: Interpreter(model_path=str(path), num_threads=self.threads)
         probe = self.make()  # reads the file now, so that a bad one fails here
         self.input = probe.get_input_details()[0]["index"]
         self.output = probe.get_output_details()[0]["index"]
-        # One interpreter per batch size in use (BATCH, and the size of the last, partial
-        # batch), each allocated once; made when first needed.
-        self.interpreters, self.sizes = {1: probe}, {1: 1}
+        # One interpreter per batch size, each allocated once when first needed: BATCH, and
+        # powers of two for a last, partial batch (padded up), so any batch size costs at
+        # most seven allocations in a process's life.
+        self.interpreters = {1: probe}
         with native_stderr_silenced():  # LiteRT logs an INFO line on its first allocation
             self.resize(probe, 1)
         self.lock = threading.Lock()  # an interpreter runs one batch at a time
@@ -47,14 +48,10 @@ class Classifier:
         interpreter.allocate_tensors()
 
     def interpreter(self, size):
-        """The interpreter for a batch of `size`: BATCH's own, or the one kept for other sizes."""
-        key = BATCH if size == BATCH else 1
-        if key not in self.interpreters:
-            self.interpreters[key] = self.make()
-        if self.sizes.get(key) != size:
-            self.resize(self.interpreters[key], size)
-            self.sizes[key] = size
-        return self.interpreters[key]
+        if size not in self.interpreters:
+            self.interpreters[size] = self.make()
+            self.resize(self.interpreters[size], size)
+        return self.interpreters[size]
 
     def __call__(self, images):
         images = np.asarray(images, np.float32).reshape(-1, 28, 28, 1)
@@ -62,10 +59,13 @@ class Classifier:
         with self.lock:
             for start in range(0, len(images), BATCH):
                 chunk = images[start:start + BATCH]
-                interpreter = self.interpreter(len(chunk))
+                size = min(BATCH, 1 << (len(chunk) - 1).bit_length())  # the power of two that holds it
+                if size > len(chunk):
+                    chunk = np.concatenate([chunk, np.zeros((size - len(chunk), 28, 28, 1), np.float32)])
+                interpreter = self.interpreter(size)
                 interpreter.set_tensor(self.input, chunk)
                 interpreter.invoke()
-                out[start:start + len(chunk)] = interpreter.get_tensor(self.output)
+                out[start:start + BATCH] = interpreter.get_tensor(self.output)[:len(images) - start]
         return out
 
 
@@ -95,6 +95,14 @@ def load_classifier(path):
     except Exception as error:  # the runtimes raise many types for a bad file
         message = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"{path}: cannot load the model ({message})") from None
+
+
+def cores():
+    """The cores this process may run on (all of them where the OS cannot say)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

@@ -37,6 +37,9 @@ MAX_PIXELS = 40_000_000  # an image that would decode to more is refused from it
 # Pillow can decode these safely and they hold photos, scans and drawings; others (EPS, PDF, ...)
 # need outside programs or are rarely digit images.
 FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "TIFF", "WEBP", "PPM", "TGA")  # JPEG covers phones' MPO
+# The file names those formats go by: what the command line picks out of a folder.
+SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
+            ".pgm", ".ppm", ".pbm", ".pnm", ".tga"}
 EIGHT_BIT_MODES = {"L", "LA", "RGB", "RGBA"}  # what the rest of decoding works in
 # EXIF orientation -> the transpose that turns the stored pixels upright (as ImageOps.exif_transpose)
 UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,

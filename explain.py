@@ -109,6 +109,7 @@ def rectangle(x, y, width, height):
 
 
 def short(name, limit=28):
+    name = name.encode("utf-8", "backslashreplace").decode()  # a file name need not be valid UTF-8
     return name if len(name) <= limit else "..." + name[-(limit - 3):]
 
 

@@ -17,6 +17,7 @@ batches on LiteRT, without TensorFlow. The default model is the int8-weight expo
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -28,8 +29,9 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 
 import decode
+import explain
 import parallel
-from classifier import KerasClassifier, ModelError, load_classifier
+from classifier import KerasClassifier, ModelError, cores, load_classifier
 from errors import ImageError, ImageTooLargeError, NoDigitError, UnreadableImageError
 from preprocess import Trace
 
@@ -40,12 +42,10 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE / "mnist_cnn_int8.tflite"  # int8 weights: 2.5x faster, same test accuracy (README)
 FLOAT_MODEL = HERE / "mnist_cnn.tflite"
 DEFAULT_IMAGES = HERE / "sample_test_image"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
-                  ".pgm", ".ppm", ".pbm", ".pnm", ".tga"}  # what decode.FORMATS reads
 # Below this the CLI flags a prediction as unsure. Label smoothing in training caps a clear
 # digit's probability near 0.91, so 0.5 means that no digit has even half of the probability.
 LOW_CONFIDENCE = 0.5
-EXPLAIN_ROWS = 12  # --explain draws the first this many images
+EXPLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what --explain can write
 
 
 class Prediction(NamedTuple):
@@ -115,7 +115,8 @@ def classify(images, classifier, workers=None, traces=0):
     """Yield (Batch, its Predictions in order, skipping failed inputs) for many images."""
     if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[3] == 1:
         images = images[..., 0]  # N x 28 x 28 x 1, as Keras takes them
-    for batch in parallel.prefetched(parallel.prepare_many(images, workers, traces)):
+    quiet = getattr(classifier, "lock", contextlib.nullcontext())  # no batch runs while workers fork
+    for batch in parallel.prefetched(parallel.prepare_many(images, workers, traces, quiet)):
         good = [i for i, error in enumerate(batch.errors) if error is None]
         if not good:
             yield batch, []
@@ -167,7 +168,7 @@ def expand_paths(paths, recursive=False):
             yield item
         if not found:
             kind = "images" if not recursive else "images in it or below it"
-            yield FolderError(f"{path}: no {kind} ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            yield FolderError(f"{path}: no {kind} ({', '.join(sorted(decode.SUFFIXES))})")
 
 
 def folder_images(folder, recursive):
@@ -179,7 +180,7 @@ def folder_images(folder, recursive):
         yield FolderError(f"{folder}: cannot list this folder ({error.strerror or error})")
         return
     for name, is_dir in names:
-        if not is_dir and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+        if not is_dir and os.path.splitext(name)[1].lower() in decode.SUFFIXES:
             yield folder / name
     if recursive:  # symbolic links to folders are not followed: no loops
         for name, is_dir in names:
@@ -236,14 +237,20 @@ def parse_args(argv=None):
     parser.add_argument("-r", "--recursive", action="store_true", help="also classify the images in subfolders")
     parser.add_argument("--model", default=str(DEFAULT_MODEL),
                         help=f"a .tflite or .keras model file ({FLOAT_MODEL.name}: the float model)")
-    parser.add_argument("--workers", type=int, default=parallel.cores(),
+    parser.add_argument("--workers", type=int, default=cores(),
                         help="processes that decode and preprocess (1: no extra processes)")
     parser.add_argument("--explain", metavar="OUT.png",
                         help=f"also draw each preprocessing step and the probabilities, one row per image "
-                             f"(the first {EXPLAIN_ROWS}), into this PNG")
+                             f"(the first {explain.MAX_ROWS}), into this picture (.png, .jpg, .pdf or .svg)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.explain:
+        folder = os.path.dirname(os.path.abspath(args.explain))
+        if Path(args.explain).suffix.lower() not in EXPLAIN_SUFFIXES:
+            parser.error(f"--explain {args.explain}: the picture's name must end in {', '.join(EXPLAIN_SUFFIXES)}")
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            parser.error(f"--explain {args.explain}: cannot write into {folder}")
     return args
 
 
@@ -267,7 +274,7 @@ def main(argv=None):
             else:
                 yield item
 
-    traces = EXPLAIN_ROWS if args.explain else 0
+    traces = explain.MAX_ROWS if args.explain else 0
     with progress_bar() as bar:
         for outcome in predict_each(images(), classifier, args.workers, traces):
             writer.write(outcome.source, outcome.prediction, outcome.error)
@@ -282,9 +289,12 @@ def main(argv=None):
     print(f"{count} images, {failed} errors, {seconds:.2f} s, {count / max(seconds, 1e-9):,.0f} images/s",
           file=sys.stderr)
     if args.explain:
-        import explain  # matplotlib loads only when a picture is asked for
-
-        drawn = explain.write_figure(explained, args.explain, LOW_CONFIDENCE)
+        try:
+            drawn = explain.write_figure(explained, args.explain, LOW_CONFIDENCE)
+        except ImportError:
+            sys.exit("error: --explain needs matplotlib (pip install -r requirements-inference.txt)")
+        except (OSError, ValueError) as error:
+            sys.exit(f"error: cannot write {args.explain} ({error})")
         print(f"wrote {args.explain} ({drawn} of {count} images)", file=sys.stderr)
     sys.exit(1 if failed else 0)
 

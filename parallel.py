@@ -12,6 +12,7 @@ pictures that need the full pipeline) goes to worker processes in small tasks, a
 chunks ahead of the consumer, so a million files never sit in memory at once.
 """
 
+import contextlib
 import os
 import queue
 import threading
@@ -22,6 +23,7 @@ from typing import List, NamedTuple, Optional
 
 import numpy as np
 
+from classifier import cores
 from decode import Picture, decode
 from errors import ImageError
 from preprocess import SIZE, Trace, mnist_form, to_mnist
@@ -50,12 +52,7 @@ class Batch(NamedTuple):
     traces: List[Optional[Trace]]  # a Trace for the first `traces` inputs, else None
 
 
-def cores():
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0))
-
-
-def prepare_many(sources, workers=None, traces=0):
+def prepare_many(sources, workers=None, traces=0, quiet=contextlib.nullcontext()):
     """Yield Batches of at most CHUNK inputs, in order.
 
     Args:
@@ -63,6 +60,7 @@ def prepare_many(sources, workers=None, traces=0):
             N x 28 x 28 uint8 array.
         workers: processes for decoding and preprocessing (default: one per core).
         traces: how many of the first inputs also get a Trace of their steps.
+        quiet: a lock (the model's) held while worker processes are forked.
     """
     workers = cores() if workers is None else workers
     if is_stack(sources):
@@ -78,7 +76,7 @@ def prepare_many(sources, workers=None, traces=0):
             batch, heavy = prepare_in_memory(chunk, wanted)
             heavy_seen += len(heavy)
             if heavy and pool is None and workers > 1 and heavy_seen >= PARALLEL_MIN:
-                pool = start_pool(workers)
+                pool = start_pool(workers, quiet)
             tasks = []
             if heavy and pool is not None:
                 try:
@@ -163,14 +161,28 @@ def unzip(heavy, wanted):
     return [s for _, s in heavy], [i < wanted for i, _ in heavy]
 
 
-def start_pool(workers):
+def start_pool(workers, quiet):
+    """Start the worker processes, all of them now, while `quiet` is held.
+
+    fork: a worker starts in a millisecond with everything imported, and never re-runs the
+    caller's script (as spawn would, breaking scripts without a __main__ guard). A fork copies
+    the locks other threads hold at that moment, so the caller passes the lock its model
+    runs under: no LiteRT batch is in flight while the workers are made.
+    """
     import multiprocessing  # here, not at the top: one image never needs them (a faster cold start)
     from concurrent.futures import ProcessPoolExecutor
 
-    # fork: a worker starts in a millisecond with everything imported, and never re-runs the
-    # caller's script (as spawn would, breaking scripts without a __main__ guard). Workers
-    # only decode and preprocess: they never touch the model or its threads.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=ignore_interrupts)
+    with quiet:
+        pool.submit(int).result()  # with fork, the first task starts every worker at once
+    return pool
+
+
+def ignore_interrupts():
+    """In a worker: Ctrl+C is the parent's to handle (it shuts the pool down)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def prepare_list(sources, want_traces):
@@ -207,27 +219,32 @@ def prefetched(iterable, depth=2):
     """Yield from `iterable`, run in a background thread up to `depth` items ahead.
 
     The model's batches run in native code that lets go of the GIL, so preparing the
-    next chunk in this thread overlaps with classifying the current one.
+    next chunk in this thread overlaps with classifying the current one. A consumer
+    that stops early (an error, a closed pipe, Ctrl+C) stops the thread and closes
+    `iterable`, which shuts its worker processes down.
     """
     items, stop, done = queue.Queue(depth), threading.Event(), object()
+
+    def offer(entry):  # wait for room, but never past the consumer's leaving
+        while not stop.is_set():
+            try:
+                items.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def produce():
         try:
             for item in iterable:
-                while not stop.is_set():
-                    try:
-                        items.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer((item, None)):
                     return
-            items.put((done, None))
+            offer((done, None))
         except BaseException as error:  # handed to the consumer, raised there
-            items.put((done, error))
+            offer((done, error))
         finally:
             if stop.is_set() and hasattr(iterable, "close"):
-                iterable.close()  # shuts its worker pool down
+                iterable.close()
 
     thread = threading.Thread(target=produce, name="prepare", daemon=True)
     thread.start()

@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
+import decode
 import inference
 from conftest import ROOT
 from inference import Prediction
@@ -1009,7 +1010,7 @@ def test_cli_over_the_catalogue(cli_run):
     good = str(folder / "zz_good_3.png")
     assert re.search(rf"^{re.escape(good)}: 3 \(", done.stdout, re.M), done.stdout[-3000:]
     names = sorted(name for name in os.listdir(folder)
-                   if os.path.splitext(name)[1].lower() in inference.IMAGE_SUFFIXES
+                   if os.path.splitext(name)[1].lower() in decode.SUFFIXES
                    and not os.path.isdir(folder / name))
     inputs = [str(folder / name) for name in names] + extra
 
@@ -1036,7 +1037,7 @@ def test_cli_agrees_with_predict(cli_run, catalogue, warm_model):
     folder, _, done, _ = cli_run
     _, paths = catalogue
     for name in FILE_CASES:
-        if os.path.splitext(name)[1] not in inference.IMAGE_SUFFIXES:
+        if os.path.splitext(name)[1] not in decode.SUFFIXES:
             continue  # the CLI does not look at it in a folder
         path = str(folder / name)
         failed = any(line.startswith("error: ") and path in line for line in done.stderr.splitlines())

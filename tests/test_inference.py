@@ -208,3 +208,41 @@ def test_cli_missing_model(tmp_path):
     result = run_cli("--model", tmp_path / "none.tflite", SAMPLES / "2.png")
     assert result.returncode != 0
     assert result.stderr.strip() == f"error: {tmp_path / 'none.tflite'}: no such model file (train one with: python train.py)"
+
+
+def test_stopping_early_leaves_nothing_running(shipped_model, small_mnist):
+    import threading
+
+    blank = np.zeros((28, 28), np.uint8)
+    many = [blank] + list(small_mnist["x_test"]) * 6  # three chunks: the consumer leaves after the first
+    raised = []
+
+    def first_error():
+        try:
+            predict(many)
+        except inference.NoDigitError as error:
+            raised.append(error)
+
+    caller = threading.Thread(target=first_error, daemon=True)
+    caller.start()
+    caller.join(timeout=60)  # it once hung here: the preparing thread waited on a full queue forever
+    assert not caller.is_alive() and len(raised) == 1
+    outcomes = inference.predict_each(many)
+    next(outcomes)
+    outcomes.close()
+    assert [t for t in threading.enumerate() if t.name == "prepare"] == []
+
+
+def test_any_batch_size_gives_the_same_probabilities(shipped_model, small_mnist):
+    classifier = inference.get_classifier(None)
+    x = small_mnist["x_test"][:70]
+    alone = np.concatenate([classifier(x[i:i + 1]) for i in range(len(x))])
+    for size in (2, 3, 17, 64, 65, 70):  # padded up to a power of two, or split into batches
+        assert np.abs(classifier(x[:size]) - alone[:size]).max() < 1e-5
+
+
+def test_cli_explain_needs_a_writable_picture_name(tmp_path):
+    for target in (tmp_path / "missing" / "steps.png", tmp_path / "steps.txt"):
+        result = run_cli(SAMPLES / "3.png", "--explain", target)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"--explain {target}" in result.stderr.splitlines()[-1]
