@@ -18,7 +18,6 @@ and never imports TensorFlow.
 """
 
 import argparse
-import io
 import json
 import logging
 import os

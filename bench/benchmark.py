@@ -1,7 +1,7 @@
 """Benchmark training: throughput against the arithmetic floor, and accuracy over seeds.
 
-    python bench/benchmark.py throughput --data ../shared/data/mnist.npz
-    python bench/benchmark.py accuracy --data ../shared/data/mnist.npz --seeds 0 1 2 [-- TRAIN.PY OPTIONS]
+    python -m bench.benchmark throughput --data ../shared/data/mnist.npz
+    python -m bench.benchmark accuracy --data ../shared/data/mnist.npz --seeds 0 1 2 [-- TRAIN.PY OPTIONS]
 
 Benchmarks measure; they are not tests and the test suite never runs them.
 """
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def forward_macs(model):

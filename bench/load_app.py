@@ -1,8 +1,8 @@
 """Load check for the web app: many concurrent, mixed valid and invalid requests on loopback.
 
-    python bench/load_app.py                      # starts `python app.py --port 0` itself
-    python bench/load_app.py --requests 2000 --clients 8 --model mnist_cnn.tflite
-    python bench/load_app.py --url http://127.0.0.1:8000/ --pid 12345   # a server already running
+    python -m bench.load_app                      # starts `python app.py --port 0` itself
+    python -m bench.load_app --requests 2000 --clients 8 --model mnist_cnn.tflite
+    python -m bench.load_app --url http://127.0.0.1:8000/ --pid 12345   # a server already running
 
 Reports the status counts, any 5xx or connection failure, latency and the server
 process's resident memory (RSS) at start, after a warm-up and after each quarter
@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 

@@ -906,8 +906,7 @@ def test_predict_each_goes_on_past_every_bad_input(catalogue, warm_model):
 
 FORK_RUNNER = r"""
 import json, os, resource, select, signal, sys, time, traceback
-sys.path.insert(0, sys.argv[1])
-import inference
+import inference  # run with the repository as the working folder, as `python -c` puts it first on the path
 
 def child(path):
     inference.get_classifier(None)  # loaded in the child: the parent's LiteRT threads do not fork
@@ -936,7 +935,7 @@ for name, path in json.loads(sys.stdin.read()):
     os.close(write_end)
     start, chunks, hung = time.monotonic(), [], False
     while True:
-        left = float(sys.argv[2]) - (time.monotonic() - start)
+        left = float(sys.argv[1]) - (time.monotonic() - start)
         if left <= 0 or not select.select([read_end], [], [], left)[0]:
             hung = True
             os.kill(pid, signal.SIGKILL)
@@ -962,7 +961,7 @@ def forked_results(catalogue):
     """Each catalogue path read by predict() in a fresh forked process: {name: result}."""
     _, paths = catalogue
     cases = [(name, paths[name]) for name in list(FILE_CASES) + list(PATH_CASES)]
-    done = subprocess.run([sys.executable, "-c", FORK_RUNNER, str(ROOT), str(HANG_LIMIT)],
+    done = subprocess.run([sys.executable, "-c", FORK_RUNNER, str(HANG_LIMIT)], cwd=ROOT,
                           input=json.dumps(cases), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines()]
