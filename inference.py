@@ -118,10 +118,8 @@ def classify(images, classifier, workers=None, traces=0):
     quiet = getattr(classifier, "lock", contextlib.nullcontext())  # no batch runs while workers fork
     for batch in parallel.prefetched(parallel.prepare_many(images, workers, traces, quiet)):
         good = [i for i, error in enumerate(batch.errors) if error is None]
-        if not good:
-            yield batch, []
-            continue
-        yield batch, to_predictions(classifier(batch.images if len(good) == len(batch.errors) else batch.images[good]))
+        images = batch.images if len(good) == len(batch.errors) else batch.images[good]
+        yield batch, to_predictions(classifier(images)) if good else []
 
 
 def is_many(images):
@@ -301,10 +299,8 @@ def main(argv=None):
 
 def progress_bar():
     """A tqdm bar on stderr when it is a terminal and the job takes more than a second, else nothing."""
-    from contextlib import nullcontext
-
     if not sys.stderr.isatty():
-        return nullcontext(NoBar())
+        return contextlib.nullcontext(NoBar())
     from tqdm import tqdm
 
     return tqdm(unit=" images", delay=1.0, file=sys.stderr, leave=False)

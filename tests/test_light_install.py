@@ -5,7 +5,6 @@ environment it skips: there TensorFlow is installed, and the other tests cover t
 """
 
 import importlib.util
-import io
 import os
 import subprocess
 import sys
