@@ -12,24 +12,45 @@ server answers a JSON API:
     GET  /health        {"status": "ok", "model": "..."} once the model is loaded
 
 Errors are JSON too ({"error": "..."}): 400 no image / not an image, 422 no digit
-found, 413 a body over MAX_BODY_BYTES (2 MiB) or an image over MAX_PIXELS, 404/405.
+found, 413 a body over MAX_BODY_BYTES (2 MiB) or an image over MAX_PIXELS, 503 when
+the decoding budget is taken by other large images, 404/405. Nothing answers in HTML.
 It serves with waitress (a production WSGI server), loads the model once at start,
 and never imports TensorFlow.
+
+It cannot be starved: idle connections are closed after IDLE_SECONDS, a request must
+arrive whole within REQUEST_SECONDS of its first byte, and when MAX_CONNECTIONS are
+open the longest-idle one makes way for a new one. Decoding shares DECODE_BUDGET_MB
+among all requests, so concurrent large images cannot take the memory or the threads.
 """
 
 import argparse
+import contextlib
+import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
 import threading
+import time
 from pathlib import Path
+
+from cli import OneLineParser
+from errors import BusyError
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a request body over this is refused with 413, unread
 MAX_PIXELS = 4096 * 4096  # a decoded image over this many pixels is refused with 413
-PREDICT_SLOTS = 2  # images decoded and classified at once; other requests wait their turn
+# Decoding memory, estimated from each image's header before any pixel is decoded (decode.PEAK_BYTES).
+MAX_DECODE_MB = 100  # one upload: a 4096x4096 16-bit PNG (96 MB) still fits
+DECODE_BUDGET_MB = 250  # all uploads at once: with the server itself, the process stays under ~500 MB
+LARGE_MB = 16  # an upload estimated above this never waits for budget (it would hold a thread): 503 now
+WAIT_SECONDS = 3.0  # how long a small upload may wait for budget before a 503
+# Connections: enough for many real clients, bounded against idle and trickling ones.
+MAX_CONNECTIONS = 500  # past this the longest-idle connection is closed to let a new one in
+IDLE_SECONDS = 30  # a connection with no request in progress is closed after this
+REQUEST_SECONDS = 20  # a request's headers and body must arrive within this of its first byte
 NO_IMAGE = ("no image: send one as a multipart file field named 'image' "
             "or as the raw request body")
 
@@ -57,6 +78,9 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
     inference.get_classifier(model_arg)  # load once, now; raises ModelError
 
     app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
+    # No redirects (they answer in HTML): /static//x and /health/ are plain 404s.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.json.sort_keys = False
 
@@ -89,15 +113,20 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
             raise too_large()
         return b"".join(chunks)
 
+    budget = DecodeBudget(DECODE_BUDGET_MB)
+
     def decode_upload(data):
         if not data:
             raise ApiError(400, NO_IMAGE)
         try:
-            return decode.decode(data, name="the upload", max_pixels=MAX_PIXELS)
+            return decode.decode(data, name="the upload", max_pixels=MAX_PIXELS, max_megabytes=MAX_DECODE_MB,
+                                 reserve=budget.reserve)
         except inference.ImageTooLargeError as exc:
             raise ApiError(413, str(exc)) from None
         except inference.UnreadableImageError as exc:
             raise ApiError(400, str(exc)) from None
+        except BusyError as exc:
+            raise ApiError(503, str(exc)) from None
 
     @app.get("/")
     def index():
@@ -111,18 +140,13 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
             return error(503, str(exc))
         return jsonify(status="ok", model=model_name)
 
-    # Decoding and preprocessing a big image takes memory: a few at a time keeps the peak bounded.
-    busy = threading.BoundedSemaphore(PREDICT_SLOTS)
-
     @app.post("/api/predict")
     def api_predict():
-        data = read_upload()
-        with busy:
-            picture = decode_upload(data)
-            try:
-                prediction = inference.predict(picture, model=model_arg)
-            except inference.NoDigitError:
-                raise ApiError(422, "no digit found: draw or upload a single digit") from None
+        picture = decode_upload(read_upload())  # a small picture now: the rest costs little
+        try:
+            prediction = inference.predict(picture, model=model_arg)
+        except inference.NoDigitError:
+            raise ApiError(422, "no digit found: draw or upload a single digit") from None
         return jsonify(digit=prediction.digit,
                        confidence=round(prediction.confidence, 6),
                        probabilities=[round(p, 6) for p in prediction.probabilities])
@@ -140,7 +164,10 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
 
     @app.errorhandler(ApiError)
     def api_error(exc):
-        return error(exc.status, exc.message)
+        response = error(exc.status, exc.message)
+        if exc.status == 503:
+            response.headers["Retry-After"] = "1"
+        return response
 
     @app.errorhandler(RequestEntityTooLarge)
     def request_too_large(exc):
@@ -162,11 +189,41 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
     return app
 
 
+class DecodeBudget:
+    """Megabytes of decoding shared by every request: large images cannot take the memory.
+
+    A small image waits up to WAIT_SECONDS for its share; a large one (over LARGE_MB) gets
+    its share at once or a BusyError (HTTP 503), so waiting large images never hold the
+    server's threads while small ones queue behind them.
+    """
+
+    def __init__(self, megabytes):
+        self.free = megabytes
+        self.changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, megabytes):
+        need = max(megabytes, 0.01)
+        wait = 0 if need > LARGE_MB else WAIT_SECONDS
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.free >= need, timeout=wait):
+                raise BusyError("the server is decoding other large images: try again in a moment")
+            self.free -= need
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.free += need
+                self.changed.notify_all()
+
+
 def make_server(app, host="127.0.0.1", port=8000, threads=4, max_body_bytes=MAX_BODY_BYTES):
-    """Return a waitress server for `app` whose own error answers are JSON.
+    """Return a waitress server for `app` whose own error answers are JSON, and that cannot be starved.
 
     waitress refuses a body over the limit while reading the headers (or, when
     chunked, as soon as it passes the limit), so such a body is never read whole.
+    Its own bound on connections stops accepting new ones when reached, which lets
+    idle clients lock everyone out; here the longest-idle one is closed instead.
     """
     from waitress.channel import HTTPChannel
     from waitress.server import BaseWSGIServer, create_server
@@ -187,17 +244,55 @@ def make_server(app, host="127.0.0.1", port=8000, threads=4, max_body_bytes=MAX_
 
     class JsonErrorChannel(HTTPChannel):
         error_task_class = JsonErrorTask
+        request_started = None  # when the first byte of the request being read arrived
+
+        def received(self, data):
+            if self.request is None and data:
+                self.request_started = time.monotonic()
+            return super().received(data)
 
     # waitress refuses a body whose length is >= max_request_body_size.
     server = create_server(app, host=host, port=port, threads=threads,
                            max_request_body_size=max_body_bytes + 1,
+                           connection_limit=MAX_CONNECTIONS + 10,  # ours acts first, at MAX_CONNECTIONS
+                           channel_timeout=IDLE_SECONDS, cleanup_interval=1,
+                           asyncore_use_poll=True,  # select() cannot watch more than 1024 sockets
                            ident="digit-app")
     # One listener, or a MultiSocketServer over several (a host name with IPv4 and IPv6).
     listeners = getattr(server, "map", None) or getattr(server, "_map", {})
     for listener in [server, *listeners.values()]:
         if isinstance(listener, BaseWSGIServer):
             listener.channel_class = JsonErrorChannel
+            guard_connections(listener)
     return server
+
+
+def guard_connections(listener):
+    """Close trickling requests and, at MAX_CONNECTIONS, the longest-idle connection."""
+    maintenance, readable = listener.maintenance, listener.readable
+
+    def channels():
+        return [c for c in listener.active_channels.values() if not c.requests]  # none being answered
+
+    def close_slow(now):
+        maintenance(now)  # waitress's own: idle past IDLE_SECONDS
+        deadline = time.monotonic() - REQUEST_SECONDS
+        for channel in channels():
+            started = getattr(channel, "request_started", None)
+            if channel.request is not None and started is not None and started < deadline:
+                channel.will_close = True
+
+    def make_room():
+        # Marked, not closed here: the event loop is building its list of sockets to poll, and
+        # closes a marked channel on its next turn.
+        open_channels = [c for c in listener.active_channels.values() if not c.will_close]
+        if len(open_channels) >= MAX_CONNECTIONS:
+            waiting = sorted((c for c in channels() if not c.will_close), key=lambda c: c.last_activity)
+            for channel in waiting[:len(open_channels) - MAX_CONNECTIONS + 1]:
+                channel.will_close = True
+        return readable()
+
+    listener.maintenance, listener.readable = close_slow, make_room
 
 
 def server_urls(server):
@@ -215,11 +310,24 @@ def server_urls(server):
     return urls
 
 
+def valid_host(host):
+    """True for an IP address, or a host name that resolves on this machine."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    try:
+        return bool(host) and bool(socket.getaddrinfo(host, None))
+    except (OSError, UnicodeError, ValueError):
+        return False
+
+
 def main(argv=None):
     import decode
     import inference
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         description="Serve a page to draw a digit and have it recognised, and a JSON API.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1",
@@ -227,8 +335,14 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free one)")
     parser.add_argument("--model", default=str(inference.DEFAULT_MODEL),
                         help="a .tflite (or .keras, needs TensorFlow) model file")
-    parser.add_argument("--threads", type=int, default=4, help="worker threads")
+    parser.add_argument("--threads", type=int, default=4, help="worker threads (1-256)")
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be 0-65535, not {args.port}")
+    if not 1 <= args.threads <= 256:
+        parser.error(f"--threads must be 1-256, not {args.threads}")
+    if not valid_host(args.host):
+        parser.error(f"--host {args.host!r}: not an IP address or a host name that resolves here")
 
     decode.use_own_limits()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -240,8 +354,8 @@ def main(argv=None):
         sys.exit(f"error: {exc}")
     try:
         server = make_server(app, args.host, args.port, threads=args.threads)
-    except OSError as exc:
-        sys.exit(f"error: cannot listen on {args.host}:{args.port} ({exc.strerror or exc})")
+    except (OSError, ValueError) as exc:
+        sys.exit(f"error: cannot listen on {args.host}:{args.port} ({getattr(exc, 'strerror', None) or exc})")
     for url in server_urls(server):
         print(f"Serving the digit app on {url}  (Ctrl+C to stop)", flush=True)
     try:

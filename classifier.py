@@ -33,8 +33,10 @@ class Classifier:
         self.threads = threads or cores()
         self.make = lambda: Interpreter(model_path=str(path), num_threads=self.threads)
         probe = self.make()  # reads the file now, so that a bad one fails here
-        self.input = probe.get_input_details()[0]["index"]
-        self.output = probe.get_output_details()[0]["index"]
+        inputs, outputs = probe.get_input_details(), probe.get_output_details()
+        check_signature([tuple(d["shape"]) for d in inputs], [tuple(d["shape"]) for d in outputs])
+        self.input = inputs[0]["index"]
+        self.output = outputs[0]["index"]
         # One interpreter per batch size, each allocated once when first needed: BATCH, and
         # powers of two for a last, partial batch (padded up), so any batch size costs at
         # most seven allocations in a process's life.
@@ -74,9 +76,16 @@ class KerasClassifier:
 
     def __init__(self, model):
         if not hasattr(model, "predict"):
-            import keras
+            from tflog import filter_native_logs
 
+            filter_native_logs()  # TensorFlow's C++ start-up lines
+            try:
+                import keras
+            except ImportError:
+                raise ModelError(f"{model}: a .keras model needs TensorFlow (pip install -r requirements.txt); "
+                                 "the .tflite models run without it") from None
             model = keras.saving.load_model(model, compile=False)
+            check_signature([tuple(model.input_shape)], [tuple(model.output_shape)])
         self.model = model
 
     def __call__(self, images):
@@ -84,14 +93,30 @@ class KerasClassifier:
         return np.asarray(self.model.predict(images, verbose=0, batch_size=256))
 
 
+def check_signature(input_shapes, output_shapes):
+    """Raise ModelError unless the model takes one 28x28x1 batch and gives ten values per image."""
+    def fits(shapes, want):
+        return len(shapes) == 1 and len(shapes[0]) == len(want) and all(
+            w is None or d == w or d in (None, -1) for d, w in zip(shapes[0], want))
+
+    if not fits(input_shapes, (None, 28, 28, 1)) or not fits(output_shapes, (None, 10)):
+        raise ModelError(f"not a digit model: it takes {input_shapes} and gives {output_shapes}, "
+                         "not 28x28x1 images and ten probabilities")
+
+
 @functools.lru_cache(maxsize=4)
 def load_classifier(path):
     """Load a .tflite (LiteRT) or .keras model file once per process; raise ModelError if it cannot be."""
+    from outputs import complete_interrupted
+
     path = Path(path)
+    complete_interrupted(path.parent)  # a training run killed while it replaced this model set
     if not path.is_file():
         raise ModelError(f"{path}: no such model file (train one with: python train.py)")
     try:
         return KerasClassifier(str(path)) if path.suffix == ".keras" else Classifier(path)
+    except ModelError as error:
+        raise ModelError(f"{path}: {error}") from None
     except Exception as error:  # the runtimes raise many types for a bad file
         message = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"{path}: cannot load the model ({message})") from None

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
-from errors import ImageTooLargeError, UnreadableImageError
+from errors import BusyError, ImageTooLargeError, UnreadableImageError
 
 WORK_SIDE = 400  # pictures are brought down to this long side: room for a small digit in a corner
 # Bytes per pixel at the peak of decoding, by mode: what Pillow stores (multi-band images take
@@ -54,7 +54,7 @@ class Picture(NamedTuple):
     name: str  # how messages name the input: its path, or "the image"
 
 
-def decode(source, name=None, max_pixels=MAX_PIXELS):
+def decode(source, name=None, max_pixels=MAX_PIXELS, max_megabytes=MAX_DECODE_MB, reserve=None):
     """Return `source` as a Picture; raise UnreadableImageError when it cannot be read.
 
     Args:
@@ -63,25 +63,42 @@ def decode(source, name=None, max_pixels=MAX_PIXELS):
         name: how messages name it (default: the path, or "the image").
         max_pixels: a file or PIL image that would decode to more pixels raises
             ImageTooLargeError, before any pixel is decoded.
+        max_megabytes: the same for the memory its decoding would take at its peak.
+        reserve: None, or a function reserve(megabytes) -> context manager, entered
+            with that estimate around the decoding itself: how a server shares one
+            memory budget among its requests (it may raise to refuse).
     """
     if isinstance(source, Picture):
         return source
+    limits = Limits(max_pixels, max_megabytes, reserve or no_reservation)
     if isinstance(source, (str, os.PathLike)):
-        return decode_path(source, name or os.fspath(source), max_pixels)
+        return decode_path(source, name or os.fspath(source), limits)
     name = name or str(getattr(source, "filename", "") or "the image")
     if isinstance(source, np.ndarray):
         return Picture(array_to_pixels(source, name), name)
     if isinstance(source, Image.Image):
-        return Picture(read_pillow(lambda: contextlib.nullcontext(source), name, max_pixels), name)
+        return Picture(read_pillow(lambda: contextlib.nullcontext(source), name, limits), name)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode_stream(io.BytesIO(source), name, max_pixels)
+        return decode_stream(io.BytesIO(source), name, limits)
     if hasattr(source, "read"):
-        return decode_stream(source, name, max_pixels)
+        return decode_stream(source, name, limits)
     raise UnreadableImageError(f"{name}: cannot read a {type(source).__name__}; "
                                "pass a path, bytes, a file, a PIL image or a NumPy array")
 
 
-def decode_path(path, name, max_pixels):
+class Limits(NamedTuple):
+    """What one decoding may cost."""
+
+    max_pixels: int
+    max_megabytes: float
+    reserve: object  # reserve(megabytes) -> a context manager held while the pixels are decoded
+
+
+def no_reservation(megabytes):
+    return contextlib.nullcontext()
+
+
+def decode_path(path, name, limits):
     """Open a regular file without blocking (a FIFO or device is refused unread) and decode it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
@@ -100,19 +117,19 @@ def decode_path(path, name, max_pixels):
             raise UnreadableImageError(f"{name}: a folder, not an image")
         raise UnreadableImageError(f"{name}: not a regular file (a pipe, socket or device)")
     with os.fdopen(fd, "rb") as file:
-        return decode_stream(file, name, max_pixels)
+        return decode_stream(file, name, limits)
 
 
-def decode_stream(file, name, max_pixels):
-    return Picture(read_pillow(lambda: Image.open(file, formats=FORMATS), name, max_pixels), name)
+def decode_stream(file, name, limits):
+    return Picture(read_pillow(lambda: Image.open(file, formats=FORMATS), name, limits), name)
 
 
-def read_pillow(open_image, name, max_pixels):
+def read_pillow(open_image, name, limits):
     """pil_to_pixels(open_image()), with whatever Pillow raises turned into UnreadableImageError."""
     try:
         with open_image() as image:
-            return pil_to_pixels(image, name, max_pixels)
-    except UnreadableImageError:
+            return pil_to_pixels(image, name, limits)
+    except (UnreadableImageError, BusyError):
         raise
     except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours, said so first
         raise ImageTooLargeError(f"{name}: too large ({describe(error)})") from None
@@ -130,7 +147,7 @@ def describe(error):
     return text or type(error).__name__
 
 
-def pil_to_pixels(image, name, max_pixels=MAX_PIXELS):
+def pil_to_pixels(image, name, limits):
     """Decode a PIL image (of any mode and size Pillow accepts) into bounded uint8 pixels."""
     width, height = image.size
     if width < 1 or height < 1:
@@ -140,11 +157,18 @@ def pil_to_pixels(image, name, max_pixels=MAX_PIXELS):
         if scale > 1:
             image.draft(None, (width // scale, height // scale))
             width, height = image.size
-    megabytes = width * height * PEAK_BYTES.get(image.mode, 8) / 2**20
-    if width * height > max_pixels or megabytes > MAX_DECODE_MB:
+    per_pixel = PEAK_BYTES.get(image.mode, 8)
+    megabytes = width * height * per_pixel / 2**20
+    if width * height > limits.max_pixels or megabytes > limits.max_megabytes:
+        limit = min(limits.max_pixels, limits.max_megabytes * 2**20 / per_pixel) / 1e6
         raise ImageTooLargeError(f"{name}: too large ({width}x{height} pixels, mode {image.mode}; the limit is "
-                                 f"{min(max_pixels, MAX_DECODE_MB * 2**20 / PEAK_BYTES.get(image.mode, 8)) / 1e6:.0f}"
-                                 " megapixels)")
+                                 f"{limit:.{0 if limit >= 10 else 1}f} megapixels)")
+    with limits.reserve(megabytes):
+        return decode_pixels(image, name)
+
+
+def decode_pixels(image, name):
+    """The first frame's pixels, 8-bit, reduced and upright; the size was checked before."""
     try:
         image.seek(0)  # the first frame of an animation or a multi-page TIFF
     except (AttributeError, EOFError, ValueError):

@@ -6,6 +6,9 @@
     │   └── ImageTooLargeError  more pixels than the caller's budget     -> CLI error line, HTTP 413
     └── NoDigitError         it decodes, but holds no digit (blank, uniform, noise, only specks
                              or ruled lines)                             -> CLI error line, HTTP 422
+
+    BusyError                not about the image: a server's decoding budget is taken by other
+                             requests just now                           -> HTTP 503, try again
 """
 
 
@@ -23,3 +26,7 @@ class ImageTooLargeError(UnreadableImageError):
 
 class NoDigitError(ImageError):
     """The image was read, but no digit was found in it."""
+
+
+class BusyError(RuntimeError):
+    """The memory set aside for decoding is in use by other requests; try again shortly."""

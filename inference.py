@@ -31,6 +31,7 @@ import numpy as np
 import decode
 import explain
 import parallel
+from cli import OneLineParser
 from classifier import KerasClassifier, ModelError, cores, load_classifier
 from errors import ImageError, ImageTooLargeError, NoDigitError, UnreadableImageError
 from preprocess import Trace
@@ -170,13 +171,18 @@ def expand_paths(paths, recursive=False):
 
 
 def folder_images(folder, recursive):
-    """A folder's image files in name order (subfolders after files, when recursive)."""
+    """A folder's image files in name order (subfolders after files, when recursive).
+
+    Hidden files and folders (a leading dot: editors' backups, a training run's staging)
+    are left out, as ls and most tools do.
+    """
     try:
         with os.scandir(folder) as entries:
             names = sorted((entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries)
     except OSError as error:
         yield FolderError(f"{folder}: cannot list this folder ({error.strerror or error})")
         return
+    names = [(name, is_dir) for name, is_dir in names if not name.startswith(".")]  # hidden: not the user's images
     for name, is_dir in names:
         if not is_dir and os.path.splitext(name)[1].lower() in decode.SUFFIXES:
             yield folder / name
@@ -226,7 +232,7 @@ class Writer:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Recognise the handwritten digit in each image.",
+    parser = OneLineParser(description="Recognise the handwritten digit in each image.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("paths", nargs="*", help="image files and folders (default: sample_test_image/)")
     parser.add_argument("--format", choices=("text", "jsonl", "csv"), default="text",

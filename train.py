@@ -2,9 +2,13 @@
 
     python train.py                                   # the shipped model (downloads MNIST)
     python train.py --data ../shared/data/mnist.npz   # the same, offline
+
+    from train import TrainConfig, train
+    metrics = train(TrainConfig(data="mnist.npz", epochs=8, out_dir="runs/fast"))
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -12,53 +16,107 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from data import DataError, load_mnist
+from cli import OneLineParser
+from data import DataError, file_kind, load_mnist
+from outputs import ModelSet, OutputError
+from tflog import filter_native_logs
 
 # TensorFlow is imported inside the functions that use it: it takes seconds to start,
-# and --help or a bad --data path should answer at once.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# and --help or a bad argument should answer at once.
 
 MODEL_FILE = "mnist_cnn.keras"
 LITERT_FILE = "mnist_cnn.tflite"
 LITERT_INT8_FILE = "mnist_cnn_int8.tflite"  # what inference.py runs by default
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.png"
+OUTPUT_FILES = (MODEL_FILE, LITERT_FILE, LITERT_INT8_FILE, METRICS_FILE, HISTORY_FILE)  # written as one set
 STEPS_PER_EXECUTION = 16  # run 16 training steps per call into TensorFlow: less Python overhead per step
 
 
+class ConfigError(ValueError):
+    """A setting is out of its range."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights stopped being finite numbers."""
+
+
+def setting(default, why, low=None, high=None, low_open=False, **extra):
+    """A TrainConfig field: its default, the reason for it (the CLI's help) and its valid range."""
+    return field(default=default, metadata={"help": why, "range": (low, high, low_open), **extra})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run. The defaults reproduce the shipped model."""
+
+    data: Optional[str] = setting(None, "a Keras-layout mnist.npz or a folder of the four IDX files; "
+                                        "None downloads MNIST through Keras")
+    out_dir: str = setting(".", "where the model set (model, LiteRT exports, metrics, plot) is written")
+    epochs: int = setting(30, "passes over the training set: 30 fit in ~7 min on 2 cores", 1, 1000)
+    batch_size: int = setting(128, "images per training step: 256 was barely faster per image", 1, 60_000)
+    learning_rate: float = setting(2e-3, "peak of the warm-up + cosine schedule", 0, 1, low_open=True)
+    weight_decay: float = setting(0.01, "AdamW's decoupled weight decay", 0, 1)
+    label_smoothing: float = setting(0.1, "share of each target spread over the other classes", 0, 0.99)
+    warmup_epochs: float = setting(1.0, "epochs of linear learning-rate warm-up", 0, 1000)
+    val_fraction: float = setting(0.1, "share of the training set held out for validation "
+                                       "(the test set is used once, at the end)", 0, 0.9, low_open=True)
+    seed: int = setting(0, "seeds initialisation, the validation split, shuffling and augmentation", 0, 2**32 - 1)
+    precision: str = setting("auto", "auto: mixed_bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX), "
+                                     "else float32", choices=("auto", "float32", "mixed_bfloat16"))
+    augment: bool = setting(True, "augment every epoch (--no-augment: train on the digits as they are)")
+    rotation: float = setting(10.0, "augmentation: max rotation, degrees", 0, 180)
+    zoom: float = setting(0.1, "augmentation: max relative scale change", 0, 0.9)
+    shear: float = setting(0.1, "augmentation: max shear factor", 0, 1)
+    shift: float = setting(2.0, "augmentation: max translation, pixels", 0, 14)
+    stroke: float = setting(0.5, "augmentation: max stroke thinning/thickening, 0-1", 0, 1)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            check_setting(f, getattr(self, f.name))
+
+
+def check_setting(f, value):
+    """Raise ConfigError unless `value` suits field `f` (its type, choices and range)."""
+    option = "--" + f.name.replace("_", "-")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{option} must be one of {', '.join(choices)}, not {value!r}")
+    low, high, low_open = f.metadata["range"]
+    if low is None:
+        return
+    kind = int if f.type is int else float
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+        raise ConfigError(f"{option} must be {'a whole number' if kind is int else 'a number'}, not {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{option} must be a finite number, not {value}")
+    if value < low or value > high or (low_open and value == low):
+        low_side = f"above {low}" if low_open else f"at least {low}"
+        raise ConfigError(f"{option} must be {low_side} and at most {high}, not {value}")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", help="a Keras-layout mnist.npz or a folder of the four IDX files; "
-                                  "None downloads MNIST through Keras")
-    p.add_argument("--out-dir", default=".", help="where the model, metrics and plot are written")
-    p.add_argument("--epochs", type=int, default=30, help="passes over the training set")
-    p.add_argument("--batch-size", type=int, default=128, help="images per training step")
-    p.add_argument("--learning-rate", type=float, default=2e-3, help="peak of the warm-up + cosine schedule")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decoupled weight decay")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="share of each target spread over the other classes")
-    p.add_argument("--warmup-epochs", type=float, default=1.0, help="epochs of linear learning-rate warm-up")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of the training set held out for validation (the test set is used once, at the end)")
-    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, the validation split, shuffling and augmentation")
-    p.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto",
-                   help="auto: mixed_bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX), else float32")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="train on the digits as they are; the default augments")
-    p.add_argument("--rotation", type=float, default=10.0, help="augmentation: max rotation, degrees")
-    p.add_argument("--zoom", type=float, default=0.1, help="augmentation: max relative scale change")
-    p.add_argument("--shear", type=float, default=0.1, help="augmentation: max shear factor")
-    p.add_argument("--shift", type=float, default=2.0, help="augmentation: max translation, pixels")
-    p.add_argument("--stroke", type=float, default=0.5, help="augmentation: max stroke thinning/thickening, 0-1")
-    args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1:
-        p.error("--epochs and --batch-size must be at least 1")
-    if not 0 < args.val_fraction < 1:
-        p.error("--val-fraction must lie between 0 and 1")
-    return args
+    """The command line as a TrainConfig: one option per field, with its reason and default as help."""
+    parser = OneLineParser(description=__doc__.splitlines()[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        option = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
+                                help=f.metadata["help"])
+            continue
+        parser.add_argument(option, type=f.type if f.type in (int, float) else str, default=f.default, help=f.metadata["help"],
+                            choices=f.metadata.get("choices"))
+    try:
+        return TrainConfig(**vars(parser.parse_args(argv)))
+    except ConfigError as error:
+        parser.error(str(error))
 
 
 def resolve_precision(precision):
@@ -81,7 +139,7 @@ def split_validation(x, y, fraction, seed):
     return (x[train], y[train]), (x[val], y[val])
 
 
-def augment_batch(images, seed, args):
+def augment_batch(images, seed, config):
     """Randomly rotate, scale, shear, shift and thin/thicken a batch of 28x28x1 images.
 
     Stateless random ops keyed by `seed` keep a seeded run repeatable even though
@@ -95,10 +153,10 @@ def augment_batch(images, seed, args):
     def uniform(i, limit):
         return tf.random.stateless_uniform([n], seeds[i], -limit, limit)
 
-    angle = uniform(0, math.radians(args.rotation))
-    scale = 1.0 + uniform(1, args.zoom)
-    shear = uniform(2, args.shear)
-    shift_x, shift_y = uniform(3, args.shift), uniform(4, args.shift)
+    angle = uniform(0, math.radians(config.rotation))
+    scale = 1.0 + uniform(1, config.zoom)
+    shear = uniform(2, config.shear)
+    shift_x, shift_y = uniform(3, config.shift), uniform(4, config.shift)
     # The transform maps output pixel coordinates to input ones, about the image centre.
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
     a0, a1 = cos, -sin + shear * cos
@@ -112,7 +170,7 @@ def augment_batch(images, seed, args):
         images=images, transforms=transforms, output_shape=[28, 28], fill_value=0.0,
         interpolation="BILINEAR", fill_mode="CONSTANT")
     # Stroke width: blend towards a 3x3 dilation (thicker) or erosion (thinner).
-    amount = tf.reshape(uniform(5, args.stroke), [n, 1, 1, 1])
+    amount = tf.reshape(uniform(5, config.stroke), [n, 1, 1, 1])
     thicker = tf.nn.max_pool2d(images, 3, 1, "SAME")
     thinner = -tf.nn.max_pool2d(-images, 3, 1, "SAME")
     target = tf.where(amount > 0, thicker, thinner)
@@ -130,8 +188,8 @@ def epoch_steps(n_images, batch_size):
     return steps - steps % STEPS_PER_EXECUTION if steps >= STEPS_PER_EXECUTION else steps
 
 
-def make_train_dataset(x, y, args):
-    """A tf.data pipeline of args.epochs epochs of (pixels, one-hot labels) batches.
+def make_train_dataset(x, y, config):
+    """A tf.data pipeline of config.epochs epochs of (pixels, one-hot labels) batches.
 
     Each epoch is shuffled and augmented in one vectorised step, so augmentation
     costs about a second an epoch instead of competing with training for the cores.
@@ -145,17 +203,17 @@ def make_train_dataset(x, y, args):
         shuffle_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         order = tf.random.experimental.stateless_shuffle(tf.range(len(x)), shuffle_seed)
         epoch_images = tf.gather(images, order)
-        if args.augment:
-            epoch_images = augment_batch(epoch_images, augment_seed, args)
+        if config.augment:
+            epoch_images = augment_batch(epoch_images, augment_seed, config)
         epoch_data = tf.data.Dataset.from_tensor_slices((epoch_images, tf.gather(labels, order)))
-        return epoch_data.batch(args.batch_size, drop_remainder=True).take(epoch_steps(len(x), args.batch_size))
+        return epoch_data.batch(config.batch_size, drop_remainder=True).take(epoch_steps(len(x), config.batch_size))
 
-    # Exactly args.epochs epochs, and no autotuning: either an endless dataset or
+    # Exactly config.epochs epochs, and no autotuning: either an endless dataset or
     # tf.data's autotuner thread can hold fit() idle for ~15 s at the end while the
     # pipeline shuts down. The pipeline is fixed, so there is nothing to tune.
     options = tf.data.Options()
     options.autotune.enabled = False
-    epoch_seeds = tf.data.Dataset.random(seed=args.seed).batch(2).take(args.epochs)
+    epoch_seeds = tf.data.Dataset.random(seed=config.seed).batch(2).take(config.epochs)
     return epoch_seeds.flat_map(epoch).prefetch(2).with_options(options)
 
 
@@ -169,17 +227,17 @@ def epoch_timer(seconds):
         on_epoch_end=lambda epoch, logs: seconds.append(round(time.time() - started[-1], 2)))
 
 
-def compile_model(model, steps_per_epoch, args):
+def compile_model(model, steps_per_epoch, config):
     import keras
 
-    total = args.epochs * steps_per_epoch
-    warmup = min(int(args.warmup_epochs * steps_per_epoch), total - 1)
+    total = config.epochs * steps_per_epoch
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
     schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=args.learning_rate / 10, decay_steps=total - warmup,
-        warmup_target=args.learning_rate, warmup_steps=warmup)
+        initial_learning_rate=config.learning_rate / 10, decay_steps=total - warmup,
+        warmup_target=config.learning_rate, warmup_steps=warmup)
     model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
         steps_per_execution=min(STEPS_PER_EXECUTION, steps_per_epoch))
 
@@ -199,30 +257,9 @@ def evaluate(model, x, y):
     }
 
 
-def atomic_write(path, write):
-    """Call write(tmp_path) for a temporary file beside `path`, then move it into place.
-
-    An interrupted run so leaves the previous file untouched, never a half-written one.
-    """
-    folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=os.path.splitext(name)[1], dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def export_litert(model, path):
     """Export `model` for the LiteRT interpreter, which inference.py uses instead of TensorFlow."""
-    def write(tmp):
-        model.export(tmp, format="litert", verbose=False)
-    atomic_write(path, write)
+    model.export(path, format="litert", verbose=False)
 
 
 def export_litert_int8(model, path):
@@ -234,13 +271,11 @@ def export_litert_int8(model, path):
     """
     import tensorflow as tf
 
-    def write(tmp):
-        with tempfile.TemporaryDirectory() as saved:
-            inference_graph(model).export(saved, format="tf_saved_model", verbose=False)
-            converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            Path(tmp).write_bytes(converter.convert())
-    atomic_write(path, write)
+    with tempfile.TemporaryDirectory() as saved:
+        inference_graph(model).export(saved, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        Path(path).write_bytes(converter.convert())
 
 
 def inference_graph(model):
@@ -307,80 +342,136 @@ def plot_history(history, path):
     axes[0].set_ylim(max(0.9, min(history["accuracy"] + history["val_accuracy"])), 1.0)
     fig.suptitle("MNIST CNN: training vs validation")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
-def train(args):
-    """Train, evaluate on the test set once, and write the outputs. Returns the metrics."""
-    start = time.time()
-    (x_train, y_train), (x_test, y_test) = load_mnist(args.data)
+def train(config: TrainConfig):
+    """Train, evaluate on the test set once, and write the model set into config.out_dir.
 
+    Returns the metrics (as written to metrics.json). The set's five files replace the
+    old ones together, and only when everything succeeded: a run that fails, diverges or
+    is killed leaves the folder's previous set as it was.
+    Raises:
+        OutputError, DataError (DownloadError), TrainingDiverged.
+    """
+    start = time.time()
+    if config.data is not None:
+        file_kind(config.data)  # a missing --data is reported before the output folder is touched
+    with ModelSet(config.out_dir, OUTPUT_FILES) as staged:  # the folder is checked before any work
+        (x_train, y_train), (x_test, y_test) = load_mnist(config.data)
+        (x_train, y_train), (x_val, y_val) = split_validation(x_train, y_train, config.val_fraction, config.seed)
+        config = dataclasses.replace(config, batch_size=min(config.batch_size, len(x_train)))
+        model, history, epoch_seconds, fit_seconds, policy = fit(config, x_train, y_train, x_val, y_val)
+        final = saved_model(model)
+        metrics = evaluate(final, x_test, y_test)
+        final.save(staged.path(MODEL_FILE))
+        export_litert(final, staged.path(LITERT_FILE))
+        export_litert_int8(final, staged.path(LITERT_INT8_FILE))
+        metrics.update(int8_metrics(staged.path(LITERT_INT8_FILE), staged.path(LITERT_FILE), x_test, y_test))
+        plot_history(history, staged.path(HISTORY_FILE))
+        metrics.update(run_record(config, policy, history, epoch_seconds, fit_seconds, start,
+                                  sizes=(len(x_train), len(x_val), len(x_test))))
+        metrics["files"] = {name: sha256(staged.path(name)) for name in OUTPUT_FILES if name != METRICS_FILE}
+        Path(staged.path(METRICS_FILE)).write_text(json.dumps(metrics, indent=1) + "\n")
+        staged.commit()
+    return metrics
+
+
+def fit(config, x_train, y_train, x_val, y_val):
+    """Train the network; return (model, history dict, epoch seconds, fit seconds, dtype policy)."""
     import keras
-    import tensorflow as tf
 
     from model import build_model
 
-    keras.utils.set_random_seed(args.seed)
-    policy = resolve_precision(args.precision)
+    keras.utils.set_random_seed(config.seed)
+    policy = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy(policy)
-    (x_train, y_train), (x_val, y_val) = split_validation(x_train, y_train, args.val_fraction, args.seed)
-    args.batch_size = min(args.batch_size, len(x_train))
-    steps_per_epoch = epoch_steps(len(x_train), args.batch_size)
-
+    steps_per_epoch = epoch_steps(len(x_train), config.batch_size)
     model = build_model(fused_batch_norm=True)
-    compile_model(model, steps_per_epoch, args)
+    compile_model(model, steps_per_epoch, config)
     val = (x_val[..., None].astype("float32"), keras.utils.to_categorical(y_val, 10))
     epoch_seconds = []
     fit_start = time.time()
-    history = model.fit(make_train_dataset(x_train, y_train, args), epochs=args.epochs,
-                        steps_per_epoch=steps_per_epoch, validation_data=val, callbacks=[epoch_timer(epoch_seconds)],
+    history = model.fit(make_train_dataset(x_train, y_train, config), epochs=config.epochs,
+                        steps_per_epoch=steps_per_epoch, validation_data=val,
+                        callbacks=[epoch_timer(epoch_seconds), stop_on_divergence()],
                         shuffle=False,  # make_train_dataset shuffles each epoch itself
                         verbose=1 if sys.stdout.isatty() else 2)
     fit_seconds = time.time() - fit_start
-
-    # Save a float32 copy with the stock BatchNormalization layers: it runs everywhere, and,
-    # never compiled, it carries no optimizer state.
+    if not all(np.isfinite(w).all() for w in model.get_weights()):
+        raise TrainingDiverged("training diverged: the weights are no longer finite numbers; "
+                               "try a lower --learning-rate")
     keras.mixed_precision.set_global_policy("float32")
+    return model, history.history, epoch_seconds, fit_seconds, policy
+
+
+def stop_on_divergence():
+    """A callback that raises TrainingDiverged as soon as the training loss is not a finite number."""
+    import keras
+
+    def check(epoch, logs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(f"training diverged in epoch {epoch + 1} (loss {float(loss)}); "
+                                   "try a lower --learning-rate")
+
+    return keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: check(check.epoch, logs),
+        on_epoch_begin=lambda epoch, logs: setattr(check, "epoch", epoch))
+
+
+def saved_model(model):
+    """A float32 copy with the stock BatchNormalization layers: it runs everywhere, and,
+    never compiled, it carries no optimizer state."""
+    from model import build_model
+
     final = build_model()
     final.set_weights(model.get_weights())
-    metrics = evaluate(final, x_test, y_test)
+    return final
 
-    os.makedirs(args.out_dir, exist_ok=True)
-    atomic_write(os.path.join(args.out_dir, MODEL_FILE), final.save)
-    export_litert(final, os.path.join(args.out_dir, LITERT_FILE))
-    export_litert_int8(final, os.path.join(args.out_dir, LITERT_INT8_FILE))
-    metrics.update(int8_metrics(os.path.join(args.out_dir, LITERT_INT8_FILE),
-                                os.path.join(args.out_dir, LITERT_FILE), x_test, y_test))
-    plot_history(history.history, os.path.join(args.out_dir, HISTORY_FILE))
-    metrics.update({
-        "config": {**vars(args), "precision": policy},
-        "data": args.data or "keras download",
-        "train_size": len(x_train), "val_size": len(x_val), "test_size": len(x_test),
-        "val_accuracy": float(history.history["val_accuracy"][-1]),
-        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+
+def run_record(config, policy, history, epoch_seconds, fit_seconds, start, sizes):
+    """What metrics.json records about the run besides the test results."""
+    import keras
+    import tensorflow as tf
+
+    train_size, val_size, test_size = sizes
+    return {
+        "config": {**dataclasses.asdict(config), "precision": policy},
+        "data": config.data or "keras download",
+        "train_size": train_size, "val_size": val_size, "test_size": test_size,
+        "val_accuracy": float(history["val_accuracy"][-1]),
+        "history": {k: [float(v) for v in vals] for k, vals in history.items()},
         "fit_seconds": round(fit_seconds, 1),
         "epoch_seconds": epoch_seconds,
         "wall_seconds": round(time.time() - start, 1),
         "hardware": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-    })
-    atomic_write(os.path.join(args.out_dir, METRICS_FILE),
-                 lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=1) + "\n"))
-    return metrics
+    }
+
+
+def sha256(path):
+    """The file's SHA-256: metrics.json names the exact files it describes."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    config = parse_args(argv)
+    filter_native_logs()
     try:
-        metrics = train(args)
-    except (DataError, OSError) as error:  # bad data, or an --out-dir that cannot be written
+        metrics = train(config)
+    except (DataError, OutputError, TrainingDiverged) as error:
         sys.exit(f"error: {error}")
+    except OSError as error:  # the disk filled up, say: the previous set is untouched
+        sys.exit(f"error: {config.out_dir}: cannot write the model set ({error.strerror or error})")
     except KeyboardInterrupt:
-        sys.exit("interrupted: no output file is left half-written")
+        sys.exit("interrupted: the folder's previous model set is untouched")
     print(f"test accuracy {metrics['test_accuracy']:.2%} (loss {metrics['test_loss']:.4f}), "
-          f"wall time {metrics['wall_seconds']:.0f} s; wrote {args.out_dir}/{MODEL_FILE}, {LITERT_FILE}, {LITERT_INT8_FILE}, "
-          f"{METRICS_FILE}, {HISTORY_FILE}")
+          f"wall time {metrics['wall_seconds']:.0f} s; wrote {', '.join(OUTPUT_FILES)} into {config.out_dir}")
 
 
 if __name__ == "__main__":

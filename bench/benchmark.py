@@ -66,8 +66,7 @@ def throughput(args):
     print("|---|---|---|---|---|---|---|")
     for precision, fused, augment in itertools.product(args.precisions, (True, False), (False, True)):
         keras.mixed_precision.set_global_policy(precision)
-        run = train.parse_args(["--epochs", "1", "--batch-size", str(args.batch_size)]
-                               + ([] if augment else ["--no-augment"]))
+        run = train.TrainConfig(epochs=1, batch_size=args.batch_size, augment=augment)
         steps = train.epoch_steps(len(x), args.batch_size)
         model = build_model(fused_batch_norm=fused)
         train.compile_model(model, steps, run)

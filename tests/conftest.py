@@ -38,8 +38,7 @@ def smoke_run(tmp_path_factory):
     import train
 
     out = tmp_path_factory.mktemp("smoke")
-    metrics = train.train(train.parse_args(
-        ["--data", str(FIXTURE), "--epochs", "2", "--batch-size", "32", "--out-dir", str(out), "--seed", "1"]))
+    metrics = train.train(train.TrainConfig(data=str(FIXTURE), epochs=2, batch_size=32, out_dir=str(out), seed=1))
     return out, metrics
 
 

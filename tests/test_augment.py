@@ -8,9 +8,9 @@ from inference import predict
 
 
 def augmented(images, seed, **overrides):
-    args = train.parse_args([f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()])
+    config = train.TrainConfig(**overrides)
     batch = tf.constant(images[..., None], tf.float32)
-    return train.augment_batch(batch, tf.constant([seed, 0], tf.int64), args).numpy()[..., 0]
+    return train.augment_batch(batch, tf.constant([seed, 0], tf.int64), config).numpy()[..., 0]
 
 
 def test_augmented_digits_are_still_recognised(shipped_model, small_mnist):
@@ -38,7 +38,7 @@ def test_no_augmentation_at_evaluation_or_inference(small_mnist):
     image = small_mnist["x_test"][:1, ..., None].astype(np.float32)
     assert np.array_equal(model.predict(image, verbose=0), model.predict(image, verbose=0))
     # --no-augment yields the training digits exactly as they are, only reordered.
-    args = train.parse_args(["--no-augment", "--batch-size", "50", "--epochs", "1"])
+    config = train.TrainConfig(augment=False, batch_size=50, epochs=1)
     x, y = small_mnist["x_train"], small_mnist["y_train"]
-    images = np.concatenate([batch[0].numpy()[..., 0] for batch in train.make_train_dataset(x, y, args)])
+    images = np.concatenate([batch[0].numpy()[..., 0] for batch in train.make_train_dataset(x, y, config)])
     assert sorted(map(bytes, images.astype(np.uint8))) == sorted(map(bytes, x))

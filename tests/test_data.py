@@ -1,8 +1,10 @@
 """Loading MNIST from .npz and IDX files, and one-line errors for bad files."""
 
 import gzip
+import io
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -106,3 +108,82 @@ def test_train_cli_reports_bad_data_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {bad}")
     assert not list(tmp_path.glob("*.keras"))
+
+
+def npz_with(path, small_mnist, x_train_bytes):
+    """A Keras-layout .npz whose x_train.npy member holds `x_train_bytes`."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for key, array in small_mnist.items():
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            archive.writestr(f"{key}.npy", x_train_bytes if key == "x_train" else buffer.getvalue())
+    return path
+
+
+def npy_header(shape, descr="|u1"):
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def test_hostile_npz_files_are_refused_from_their_headers(tmp_path, small_mnist):
+    """Each is refused with a DataError naming the file, reading little of it."""
+    np.savez_compressed(tmp_path / "good.npz", **small_mnist)
+    corrupt_deflate = bytearray((tmp_path / "good.npz").read_bytes())
+    for i in range(300, 3000, 11):
+        corrupt_deflate[i] ^= 0x5A
+    cases = {
+        "corrupt deflate data": bytes(corrupt_deflate),
+        "a malformed .npy header": npz_with(tmp_path / "h.npz", small_mnist,
+                                           b"\x93NUMPY\x01\x00\x20\x00{'descr': '|u1', 'shape': (3,"),
+        "a header claiming 71 TiB": npz_with(tmp_path / "t.npz", small_mnist, npy_header((10**14, 28, 28))),
+        "400,000 images of zeros": npz_with(tmp_path / "z.npz", small_mnist,
+                                            npy_header((400_000, 28, 28)) + bytes(400_000 * 784)),
+        "a header that lies about its data": npz_with(tmp_path / "l.npz", small_mnist,
+                                                      npy_header((300, 28, 28)) + bytes(100)),
+        "an object array": npz_with(tmp_path / "o.npz", small_mnist, npy_header((300, 28, 28), "|O")),
+        "an empty file": b"",
+    }
+    for label, content in cases.items():
+        path = tmp_path / "case.npz"
+        path.write_bytes(content if isinstance(content, bytes) else content.read_bytes())
+        with pytest.raises(DataError) as error:
+            load_mnist(str(path))
+        assert str(path) in str(error.value) and "\n" not in str(error.value), (label, error.value)
+
+
+def test_hostile_idx_files_are_refused(tmp_path, small_mnist):
+    folder = write_idx_folder(tmp_path, small_mnist, compress=True)
+    images = folder / (IDX_FILES["x_train"] + ".gz")
+    bomb = bytes([0, 0, 8, 3]) + (2_000_000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    images.write_bytes(gzip.compress(bomb + bytes(10_000_000)))  # 10 KB that expand to 10 MB and claim 1.5 GB
+    with pytest.raises(DataError, match="2,000,000 images"):
+        load_mnist(str(folder))
+    data = bytearray(gzip.compress(bytes([0, 0, 8, 3]) + (300).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+                                   + small_mnist["x_train"].tobytes()))
+    data[40:60] = bytes(20)  # corrupt deflate data
+    images.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="train-images"):
+        load_mnist(str(folder))
+    with pytest.raises(DataError, match="not a regular file"):
+        load_mnist("/dev/zero")
+
+
+def test_peak_memory_stays_small_for_a_bomb(tmp_path, small_mnist):
+    """A 0.4 MB npz that expands to 400,000 images (314 MB) is refused from its header."""
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("x_train.npy", "w", force_zip64=True) as member:  # written in pieces: no 314 MB here
+            member.write(npy_header((400_000, 28, 28)))
+            for _ in range(400):
+                member.write(bytes(1000 * 784))
+        for key in ("y_train", "x_test", "y_test"):
+            buffer = io.BytesIO()
+            np.save(buffer, small_mnist[key])
+            archive.writestr(f"{key}.npy", buffer.getvalue())
+    code = (f"import re, data\ntry: data.load_mnist({str(path)!r})\nexcept data.DataError as e: print(e)\n"
+            "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    message, peak_kib = out.strip().splitlines()
+    assert "400,000 images" in message
+    assert int(peak_kib) < 100 * 1024

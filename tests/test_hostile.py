@@ -10,8 +10,10 @@ regular files, arrays and Python objects that are not images) goes through each 
                    "error:" line per bad file naming it, the good one still classified
     the web API    200, 400, 413 or 422 with a JSON body; never 500, never HTML
 
-and a seeded Hypothesis fuzzer mutates valid PNG, JPEG, GIF, BMP, TIFF and WebP bytes
-(FUZZ_EXAMPLES examples, 300 by default; FUZZ_EXAMPLES=5000 for a deeper run).
+and a seeded Hypothesis fuzzer mutates valid PNG, JPEG, GIF, BMP, TIFF and WebP bytes and sends
+them through each door: FUZZ_EXAMPLES images (3,000 by default) through predict() and as many
+through the API, and FUZZ_EXAMPLES / 2 through the CLI, FUZZ_BATCH files per run
+(FUZZ_EXAMPLES=20000 for a deeper run).
 """
 
 import io
@@ -48,7 +50,8 @@ HANG_LIMIT = 15.0  # past this an input counts as hung, and is abandoned (or its
 PEAK_RSS_MB = 400  # the most memory a process may reach while it reads any one of the catalogue files
 REFUSED_GROWTH_MB = 50  # an image refused from its header ("nothing was decoded") may not cost more than this
 GROWTH_MB = 200  # the most the test process's own peak may grow for one in-process input
-FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "3000"))
+FUZZ_BATCH = 50  # mutated files per CLI run in the CLI fuzzer
 
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"no model file at {MODEL}")
 
@@ -1173,3 +1176,42 @@ def test_fuzz_mutated_images(warm_model, case):
         check_prediction(result)
     seconds = time.perf_counter() - start
     assert seconds < TIME_LIMIT, f"a mutated {fmt} took {seconds:.2f} s"
+
+
+@settings(max_examples=FUZZ_EXAMPLES, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@given(mutated_images())
+def test_fuzz_api(client, case):
+    fmt, data = case
+    check_response(f"a mutated {fmt}", client.post("/api/predict", data=data, content_type="application/octet-stream"))
+
+
+SUFFIX = {"PNG": ".png", "PNG RGBA": ".png", "JPEG": ".jpg", "JPEG progressive": ".jpg", "GIF": ".gif",
+          "BMP": ".bmp", "TIFF": ".tif", "TIFF LZW": ".tiff", "WebP": ".webp", "WebP lossless": ".webp"}
+
+
+@settings(max_examples=max(1, FUZZ_EXAMPLES // 2 // FUZZ_BATCH), derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@given(st.lists(mutated_images(), min_size=FUZZ_BATCH, max_size=FUZZ_BATCH))
+def test_fuzz_cli(tmp_path_factory, cases):
+    """FUZZ_BATCH mutated files in one CLI run: each gets a digit line or an error line naming it."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    paths = []
+    for i, (fmt, data) in enumerate(cases):
+        paths.append(folder / f"{i:03d}{SUFFIX[fmt]}")
+        paths[-1].write_bytes(data)
+    done = subprocess.run([sys.executable, "inference.py", "--format", "csv", str(folder)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    rows = done.stdout.splitlines()[1:]
+    assert len(rows) == len(paths), (len(rows), done.stderr[-2000:])
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    for path, row in zip(paths, rows):
+        fields = row.split(",")
+        assert fields[0] == str(path)
+        if fields[1]:
+            assert 0 <= int(fields[1]) <= 9 and math.isclose(sum(map(float, fields[3:13])), 1, abs_tol=1e-4)
+        else:
+            assert any(str(path) in line for line in errors), (path, errors[:5])
+    assert done.returncode == (1 if errors else 0)

@@ -1,6 +1,10 @@
 """A training smoke run on the fixture writes a loadable model, plot and metrics; files are replaced atomically."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 import zipfile
 
 import numpy as np
@@ -8,6 +12,7 @@ import pytest
 from PIL import Image
 
 import train
+from conftest import ROOT
 
 
 def test_smoke_run_writes_outputs(smoke_run):
@@ -38,8 +43,7 @@ def test_smoke_run_writes_outputs(smoke_run):
 
 def test_seed_makes_a_run_repeatable(smoke_run, tmp_path):
     out, metrics = smoke_run
-    again = train.train(train.parse_args(
-        ["--data", metrics["data"], "--epochs", "2", "--batch-size", "32", "--out-dir", str(tmp_path), "--seed", "1"]))
+    again = train.train(train.TrainConfig(data=metrics["data"], epochs=2, batch_size=32, out_dir=str(tmp_path), seed=1))
     assert again["history"] == metrics["history"]
     assert again["confusion_matrix"] == metrics["confusion_matrix"]
 
@@ -50,20 +54,6 @@ def test_validation_is_held_out_of_training(small_mnist):
     assert len(x_val) == 30 and len(x_train) == 270
     train_rows = {row.tobytes() for row in x_train}
     assert not any(row.tobytes() in train_rows for row in x_val)
-
-
-def test_interrupted_write_keeps_the_old_file(tmp_path):
-    target = tmp_path / "mnist_cnn.keras"
-    target.write_bytes(b"the good model")
-
-    def interrupted(tmp):
-        open(tmp, "wb").write(b"half a mod")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train.atomic_write(str(target), interrupted)
-    assert target.read_bytes() == b"the good model"
-    assert [p.name for p in tmp_path.iterdir()] == ["mnist_cnn.keras"]  # no temporary file left behind
 
 
 def test_help_states_every_default(capsys):
@@ -93,3 +83,56 @@ def test_inference_graph_is_the_same_function(small_mnist):
     rearranged = train.inference_graph(model)
     assert rearranged is not model
     assert np.abs(rearranged.predict(images, verbose=0) - model.predict(images, verbose=0)).max() < 1e-5
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--learning-rate", "nan"], "--learning-rate must be a finite number"),
+    (["--learning-rate", "inf"], "--learning-rate must be a finite number"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--seed", "-1"], "--seed must be at least 0"),
+    (["--val-fraction", "1"], "--val-fraction must be"),
+    (["--batch-size", "x"], "invalid int value"),
+    (["--precision", "fp8"], "invalid choice"),
+    (["--out-dir", "README.md"], "README.md: not a folder"),
+    (["--out-dir", "README.md/models"], "cannot create the output folder"),
+    (["--data", "nowhere.npz"], "nowhere.npz: no such file"),
+])
+def test_bad_arguments_are_refused_at_once_in_one_line(options, message, tmp_path):
+    before = sorted(ROOT.iterdir())
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "train.py", "--out-dir", str(tmp_path / "out"), *options], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and time.perf_counter() - start < 10  # before TensorFlow starts
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert sorted(ROOT.iterdir()) == before
+
+
+def test_offline_without_data_says_how_to_pass_it(tmp_path):
+    """No cached download and no network: one line that names --data (and no TensorFlow log lines)."""
+    env = {**os.environ, "HOME": str(tmp_path), "KERAS_HOME": str(tmp_path / ".keras"),
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "train.py", "--out-dir", str(tmp_path / "out")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: could not download MNIST") and "--data" in lines[0]
+    assert not (tmp_path / "out" / train.MODEL_FILE).exists()
+
+
+def test_config_is_checked_when_built():
+    with pytest.raises(train.ConfigError, match="--zoom"):
+        train.TrainConfig(zoom=2.0)
+    assert train.parse_args([]) == train.TrainConfig()
+
+
+def test_native_log_lines_are_dropped_and_the_rest_kept():
+    import tflog
+
+    assert tflog.is_native_log(b"I0000 00:00:1796223147.370338    6751 port.cc:153] oneDNN custom operations are on.")
+    assert tflog.is_native_log(b"E0000 00:00:1796223150.993457    6751 cuda_platform.cc:52] failed call to cuInit")
+    assert tflog.is_native_log(b"W1202 14:52:36.716523  6751 tf_tfl_flatbuffer_helpers.cc:364] Ignored output_format.")
+    assert not tflog.is_native_log(b"F0000 00:00:1796223150.993457    6751 x.cc:1] Check failed: a fatal error")
+    assert not tflog.is_native_log(b"train.py:10: UserWarning: a real warning")
+    assert not tflog.is_native_log(b"Traceback (most recent call last):")
