@@ -45,8 +45,10 @@ MAX_PIXELS = 4096 * 4096  # a decoded image over this many pixels is refused wit
 # Decoding memory, estimated from each image's header before any pixel is decoded (decode.PEAK_BYTES).
 MAX_DECODE_MB = 100  # one upload: a 4096x4096 16-bit PNG (96 MB) still fits
 DECODE_BUDGET_MB = 250  # all uploads at once: with the server itself, the process stays under ~500 MB
-LARGE_MB = 16  # an upload estimated above this never waits for budget (it would hold a thread): 503 now
-WAIT_SECONDS = 3.0  # how long a small upload may wait for budget before a 503
+LARGE_MB = 16  # an upload estimated above this is large: only LARGE_WAITING of them wait for budget
+LARGE_WAITING = 2  # the rest get a 503 at once, so waiting large uploads hold 2 threads at most
+WAIT_SECONDS = 3.0  # how long an upload may wait for budget before a 503
+THREADS = 8  # request threads: with 2 decoding and 2 waiting large uploads, 4 stay for everyone else
 # Connections: enough for many real clients, bounded against idle and trickling ones.
 MAX_CONNECTIONS = 500  # past this the longest-idle connection is closed to let a new one in
 IDLE_SECONDS = 30  # a connection with no request in progress is closed after this
@@ -192,32 +194,52 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
 class DecodeBudget:
     """Megabytes of decoding shared by every request: large images cannot take the memory.
 
-    A small image waits up to WAIT_SECONDS for its share; a large one (over LARGE_MB) gets
-    its share at once or a BusyError (HTTP 503), so waiting large images never hold the
-    server's threads while small ones queue behind them.
+    An image waits up to WAIT_SECONDS for its share, then gets a BusyError (HTTP 503).
+    Large ones (over LARGE_MB) may wait only while fewer than LARGE_WAITING others do, so
+    a flood of them holds a few of the server's threads at most, never all of them.
     """
 
     def __init__(self, megabytes):
         self.free = megabytes
+        self.large_waiting = 0
         self.changed = threading.Condition()
 
     @contextlib.contextmanager
     def reserve(self, megabytes):
         need = max(megabytes, 0.01)
-        wait = 0 if need > LARGE_MB else WAIT_SECONDS
+        large = need > LARGE_MB
         with self.changed:
-            if not self.changed.wait_for(lambda: self.free >= need, timeout=wait):
+            if self.free < need and large and self.large_waiting >= LARGE_WAITING:
                 raise BusyError("the server is decoding other large images: try again in a moment")
+            self.large_waiting += large
+            try:
+                if not self.changed.wait_for(lambda: self.free >= need, timeout=WAIT_SECONDS):
+                    raise BusyError("the server is decoding other large images: try again in a moment")
+            finally:
+                self.large_waiting -= large
             self.free -= need
         try:
             yield
         finally:
+            if large:
+                give_back_memory()
             with self.changed:
                 self.free += need
                 self.changed.notify_all()
 
 
-def make_server(app, host="127.0.0.1", port=8000, threads=4, max_body_bytes=MAX_BODY_BYTES):
+def give_back_memory():
+    """Return freed memory to the OS. glibc keeps an arena per thread, so each request thread
+    would otherwise hold on to the peak of the largest image it ever decoded."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
+
+
+def make_server(app, host="127.0.0.1", port=8000, threads=THREADS, max_body_bytes=MAX_BODY_BYTES):
     """Return a waitress server for `app` whose own error answers are JSON, and that cannot be starved.
 
     waitress refuses a body over the limit while reading the headers (or, when
@@ -335,7 +357,7 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free one)")
     parser.add_argument("--model", default=str(inference.DEFAULT_MODEL),
                         help="a .tflite (or .keras, needs TensorFlow) model file")
-    parser.add_argument("--threads", type=int, default=4, help="worker threads (1-256)")
+    parser.add_argument("--threads", type=int, default=THREADS, help="request threads (1-256)")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0-65535, not {args.port}")

@@ -68,7 +68,7 @@ class Classifier:
                 interpreter.set_tensor(self.input, chunk)
                 interpreter.invoke()
                 out[start:start + BATCH] = interpreter.get_tensor(self.output)[:len(images) - start]
-        return out
+        return finite(out)
 
 
 class KerasClassifier:
@@ -90,7 +90,14 @@ class KerasClassifier:
 
     def __call__(self, images):
         images = np.asarray(images, np.float32).reshape(-1, 28, 28, 1)
-        return np.asarray(self.model.predict(images, verbose=0, batch_size=256))
+        return finite(np.asarray(self.model.predict(images, verbose=0, batch_size=256)))
+
+
+def finite(probabilities):
+    """The model's output, or ModelError when it holds NaN or infinity (a broken or diverged model)."""
+    if not np.isfinite(probabilities).all():
+        raise ModelError("the model gives non-finite probabilities (NaN or infinity): its weights are broken")
+    return probabilities
 
 
 def check_signature(input_shapes, output_shapes):
@@ -114,7 +121,9 @@ def load_classifier(path):
     if not path.is_file():
         raise ModelError(f"{path}: no such model file (train one with: python train.py)")
     try:
-        return KerasClassifier(str(path)) if path.suffix == ".keras" else Classifier(path)
+        classifier = KerasClassifier(str(path)) if path.suffix == ".keras" else Classifier(path)
+        classifier(np.zeros((1, 28, 28), np.float32))  # a model that gives NaN is refused now, not per image
+        return classifier
     except ModelError as error:
         raise ModelError(f"{path}: {error}") from None
     except Exception as error:  # the runtimes raise many types for a bad file

@@ -280,13 +280,16 @@ def main(argv=None):
 
     traces = explain.MAX_ROWS if args.explain else 0
     with progress_bar() as bar:
-        for outcome in predict_each(images(), classifier, args.workers, traces):
-            writer.write(outcome.source, outcome.prediction, outcome.error)
-            count += 1
-            failed += outcome.error is not None
-            if count <= traces:
-                explained.append((outcome.source, outcome.prediction or outcome.error, outcome.trace))
-            bar.update()
+        try:
+            for outcome in predict_each(images(), classifier, args.workers, traces):
+                writer.write(outcome.source, outcome.prediction, outcome.error)
+                count += 1
+                failed += outcome.error is not None
+                if count <= traces:
+                    explained.append((outcome.source, outcome.prediction or outcome.error, outcome.trace))
+                bar.update()
+        except ModelError as error:  # the model loaded but gives no usable output
+            sys.exit(f"error: {args.model}: {error}")
     sys.stdout.flush()
     seconds = time.perf_counter() - start
     failed += len(folder_errors)

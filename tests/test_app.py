@@ -340,3 +340,19 @@ def test_server_under_concurrent_mixed_requests(server):
         thread.join(timeout=60)
     assert len(statuses) == 64 and all(s < 500 for s in statuses), statuses
     assert statuses.count(200) >= 20
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--port", "99999"], "--port must be 0-65535"),
+    (["--port", "-1"], "--port must be 0-65535"),
+    (["--threads", "0"], "--threads must be 1-256"),
+    (["--host", "no such host.invalid"], "--host"),
+    (["--host", "256.1.1.1"], "--host"),
+    (["--model", "README.md"], "README.md"),
+])
+def test_bad_options_get_one_line(options, message):
+    result = subprocess.run([sys.executable, "app.py", *options], cwd=ROOT, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr

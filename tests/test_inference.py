@@ -4,8 +4,10 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -246,3 +248,67 @@ def test_cli_explain_needs_a_writable_picture_name(tmp_path):
         result = run_cli(SAMPLES / "3.png", "--explain", target)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert f"--explain {target}" in result.stderr.splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def bad_models(tmp_path_factory):
+    """Model files that must each be refused with one line: (path, what the line says)."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("models")
+    shipped = (ROOT / "mnist_cnn_int8.tflite").read_bytes()
+    cases = {"empty.tflite": b"", "truncated.tflite": shipped[:5000], "random.tflite": os.urandom(4096),
+             "text.keras": b"not a zip", "zip.keras": zip_of({"config.json": b"{not json"})}
+    for name, data in cases.items():
+        (folder / name).write_bytes(data)
+    (folder / "folder.tflite").mkdir()
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    other.export(str(folder / "other.tflite"), format="litert", verbose=False)
+    broken = keras.saving.load_model(ROOT / "mnist_cnn.keras", compile=False)
+    weights = broken.get_weights()
+    weights[-1] = weights[-1] * np.nan  # the last layer's bias: every output NaN
+    broken.set_weights(weights)
+    broken.export(str(folder / "nan.tflite"), format="litert", verbose=False)
+    return folder
+
+
+@pytest.mark.parametrize("name, message", [
+    ("empty.tflite", "cannot load the model"), ("truncated.tflite", "cannot load the model"),
+    ("random.tflite", "cannot load the model"), ("text.keras", "cannot load the model"),
+    ("zip.keras", "cannot load the model"), ("folder.tflite", "no such model file"),
+    ("other.tflite", "not a digit model"), ("nan.tflite", "non-finite probabilities"),
+])
+def test_bad_model_files_get_one_line(bad_models, name, message):
+    result = subprocess.run([sys.executable, "inference.py", "--model", str(bad_models / name),
+                             str(ROOT / "sample_test_image" / "3.png")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad_models / name}") and message in lines[0], result.stderr
+
+
+def zip_of(members):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_hidden_files_in_a_folder_are_not_images(tmp_path):
+    """Editors' backups and a training run's staging folder (dot names) are left out, as ls does."""
+    (tmp_path / "3.png").write_bytes((ROOT / "sample_test_image" / "3.png").read_bytes())
+    (tmp_path / ".history.png.x1").write_bytes(b"")
+    (tmp_path / ".~lock.png").write_bytes(b"")
+    (tmp_path / ".staging-abc").mkdir()
+    (tmp_path / ".staging-abc" / "history.png").write_bytes(b"")
+    assert [p.name for p in inference.expand_paths([tmp_path], recursive=True)] == ["3.png"]
+
+
+def test_keras_model_runs_without_tensorflow_log_lines():
+    result = subprocess.run([sys.executable, "inference.py", "--model", str(ROOT / "mnist_cnn.keras"),
+                             str(ROOT / "sample_test_image" / "3.png")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith(str(ROOT / "sample_test_image" / "3.png") + ": 3")
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.match(r"^1 images, 0 errors", lines[0]), result.stderr
