@@ -155,6 +155,10 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
 
     @app.after_request
     def security_headers(response):
+        if request.method == "OPTIONS":  # Flask's automatic answer is an empty text/html page
+            response.status_code = 204
+            response.set_data(b"")
+            del response.headers["Content-Type"]
         # Everything comes from this server: no CDN, no fonts, nothing external.
         response.headers.setdefault(
             "Content-Security-Policy",

@@ -84,6 +84,7 @@ class KerasClassifier:
             except ImportError:
                 raise ModelError(f"{model}: a .keras model needs TensorFlow (pip install -r requirements.txt); "
                                  "the .tflite models run without it") from None
+            check_keras_archive(model)
             model = keras.saving.load_model(model, compile=False)
             check_signature([tuple(model.input_shape)], [tuple(model.output_shape)])
         self.model = model
@@ -91,6 +92,22 @@ class KerasClassifier:
     def __call__(self, images):
         images = np.asarray(images, np.float32).reshape(-1, 28, 28, 1)
         return finite(np.asarray(self.model.predict(images, verbose=0, batch_size=256)))
+
+
+MAX_KERAS_MB = 200  # what a .keras archive may expand to (ours: 4 MB); more is a zip bomb, not a digit model
+
+
+def check_keras_archive(path):
+    """Refuse a .keras file that is no zip archive or that would expand to far more than a model."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError) as error:
+        raise ModelError(f"not a .keras archive ({error})") from None
+    if expanded > MAX_KERAS_MB * 2**20:
+        raise ModelError(f"the archive would expand to {expanded / 2**20:,.0f} MB; a digit model takes a few")
 
 
 def finite(probabilities):

@@ -46,6 +46,7 @@ DEFAULT_IMAGES = HERE / "sample_test_image"
 # Below this the CLI flags a prediction as unsure. Label smoothing in training caps a clear
 # digit's probability near 0.91, so 0.5 means that no digit has even half of the probability.
 LOW_CONFIDENCE = 0.5
+MAX_WORKERS = 256  # processes; more would only exhaust memory (each takes ~55 MB)
 EXPLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what --explain can write
 
 
@@ -247,8 +248,8 @@ def parse_args(argv=None):
                         help=f"also draw each preprocessing step and the probabilities, one row per image "
                              f"(the first {explain.MAX_ROWS}), into this picture (.png, .jpg, .pdf or .svg)")
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        parser.error(f"--workers must be 1-{MAX_WORKERS}, not {args.workers}")
     if args.explain:
         folder = os.path.dirname(os.path.abspath(args.explain))
         if Path(args.explain).suffix.lower() not in EXPLAIN_SUFFIXES:

@@ -179,3 +179,10 @@ def test_odd_urls_answer_json_never_html_or_redirects(app_server, path):
     assert "text/html" not in head.lower() or path in ("/",), (path, head)
     if status >= 400:
         assert json.loads(body)["error"]
+
+
+def test_options_answers_no_html(app_server):
+    host, port = app_server
+    status, head, body, _ = get(host, port, "/api/predict", method="OPTIONS")
+    assert status == 204 and "text/html" not in head.lower() and body == b""
+    assert "POST" in re.search(r"(?im)^allow: (.*)$", head).group(1)
