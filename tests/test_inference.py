@@ -274,7 +274,7 @@ def bad_models(tmp_path_factory):
 
 @pytest.mark.parametrize("name, message", [
     ("empty.tflite", "cannot load the model"), ("truncated.tflite", "cannot load the model"),
-    ("random.tflite", "cannot load the model"), ("text.keras", "cannot load the model"),
+    ("random.tflite", "cannot load the model"), ("text.keras", "not a .keras archive"),
     ("zip.keras", "cannot load the model"), ("folder.tflite", "no such model file"),
     ("other.tflite", "not a digit model"), ("nan.tflite", "non-finite probabilities"),
 ])
