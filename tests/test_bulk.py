@@ -8,6 +8,7 @@ BULK_REQUIRED=1 makes a missing Ray a failure rather than a skip.
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -134,6 +135,23 @@ def test_parquet_rows_match_the_cli_row_by_row(parquet_run, images):
 @pytest.mark.bulk
 def test_no_ray_process_is_left_behind(parquet_run):
     _, _, marker = parquet_run
+    deadline = time.monotonic() + 15
+    while ray_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_processes(marker) == []
+
+
+@pytest.mark.bulk
+def test_ctrl_c_stops_ray_and_leaves_no_output(ray_installed, images, tmp_path):
+    out, marker = tmp_path / "digits.parquet", uuid.uuid4().hex
+    job = subprocess.Popen([sys.executable, str(BULK), *[str(images)] * 100, "--output", str(out), "--cpus", "2"],
+                           cwd=ROOT, stderr=subprocess.PIPE, text=True, env=dict(os.environ, BULK_TEST_MARKER=marker),
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
+    time.sleep(8)  # starting Ray, or classifying the 45,600 files
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=60)
+    assert job.returncode == 130 and "Traceback" not in stderr
+    assert os.listdir(tmp_path) == []  # neither the output nor its temporary file
     deadline = time.monotonic() + 15
     while ray_processes(marker) and time.monotonic() < deadline:
         time.sleep(0.5)
