@@ -188,11 +188,12 @@ def ignore_interrupts():
 def prepare_list(sources, want_traces):
     """Decode and preprocess each source (a worker's task); errors are returned, not raised.
 
-    Decoded digits already in MNIST's form are checked together, not one by one.
+    Decoded digits already in MNIST's form (pictures given decoded too) are checked
+    together, not one by one.
     """
     results, pictures = {}, {}
     for i, (source, want) in enumerate(zip(sources, want_traces)):
-        if want or isinstance(source, Picture):
+        if want:
             results[i] = prepare(source, want)
             continue
         try:
