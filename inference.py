@@ -31,7 +31,7 @@ import numpy as np
 import decode
 import explain
 import parallel
-from classifier import KerasClassifier, ModelError, cores, load_classifier
+from classifier import KerasClassifier, ModelError, Prediction, cores, load_classifier, to_predictions
 from errors import ImageError, ImageTooLargeError, NoDigitError, UnreadableImageError
 from preprocess import Trace
 
@@ -46,12 +46,6 @@ DEFAULT_IMAGES = HERE / "sample_test_image"
 # digit's probability near 0.91, so 0.5 means that no digit has even half of the probability.
 LOW_CONFIDENCE = 0.5
 EXPLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what --explain can write
-
-
-class Prediction(NamedTuple):
-    digit: int
-    confidence: float
-    probabilities: tuple  # ten floats, one per digit, summing to 1
 
 
 class Outcome(NamedTuple):
@@ -138,11 +132,6 @@ def get_classifier(model):
     if callable(model) and not hasattr(model, "predict"):  # already a classifier
         return model
     return KerasClassifier(model)
-
-
-def to_predictions(probabilities):
-    digits, rows = probabilities.argmax(axis=1).tolist(), probabilities.tolist()
-    return [Prediction(digit, row[digit], tuple(row)) for digit, row in zip(digits, rows)]
 
 
 # ----------------------------------------------------------------------------- the command line
