@@ -22,6 +22,7 @@ An image in which only one digit is found is read by the single-digit pipeline
 """
 
 import math
+from dataclasses import dataclass, field
 from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -34,7 +35,7 @@ from decode import Picture
 from errors import NoDigitError
 
 SHORT_SIDE = 128  # a wide strip is decoded at least this tall (its long side up to decode.STRIP_SIDE)
-SMALL_DIGITS = 28  # pixels: smaller digits are decoded again, larger (what MNIST's 20-pixel box needs)
+SMALL_DIGITS = 40  # pixels: smaller digits are decoded again, larger (what MNIST's 20-pixel box needs)
 INK_LEVEL = pieces.INK_LEVEL  # a pixel is a stroke's when its ink is this share of its piece's strength...
 FAINT_LEVEL = 0.1  # ...pieces connected at this share of the picture's full strength...
 WEAKEST = 0.25  # ...counting a piece at least this strong (fainter ones are paper texture, mostly)
@@ -47,6 +48,7 @@ LINE_HEIGHTS = 2.5  # ...and this many digit heights, or LINE_CAP of the width (
 LINE_CAP = 0.6
 LINE_THICKNESS = 0.15  # of the digit height: a line's leftover piece is no thicker
 EDGE_GAPS = 0.1  # of the picture's height: gaps an upright line (an edge) may have along it
+THINNEST_LIMIT = 6.0  # pixels: a line (with its faint edges) may be this thick, whatever the digit height
 LINE_MARGIN = 3  # pixels beside a line that go with it (or its own thickness, if more)
 VERTICAL_RUN = 0.6  # a vertical line runs this share of the picture's height at least...
 VERTICAL_HEIGHTS = 1.3  # ...and this many digit heights
@@ -164,7 +166,16 @@ class Found(NamedTuple):
     height: float  # its digit height in pixels
 
 
-def read(source, classifier, name=None, max_pixels=decode.MAX_PIXELS) -> NumberReading:
+@dataclass
+class NumberTrace:
+    """What read() saw, for pictures (explain.py): the decoded image and each digit's model input."""
+
+    input: Optional[np.ndarray] = None  # the decoded pixels (uint8, HxW or HxWx3)
+    scale: Tuple[float, float] = (1.0, 1.0)  # (x, y) factors from those pixels to the input image's
+    digits: list = field(default_factory=list)  # each digit's 28x28 model input, left to right
+
+
+def read(source, classifier, name=None, max_pixels=decode.MAX_PIXELS, trace=None) -> NumberReading:
     """Read the number in one image.
 
     Args:
@@ -172,18 +183,25 @@ def read(source, classifier, name=None, max_pixels=decode.MAX_PIXELS) -> NumberR
         classifier: a batch of 28x28 images -> N x 10 probabilities (classifier.py).
         name: how messages name the input.
         max_pixels: as for decode.decode().
+        trace: an optional NumberTrace that receives the decoded image and the digits' inputs.
     Raises:
         UnreadableImageError, or NoDigitError when no digit is found.
     """
     if hasattr(source, "read") and not isinstance(source, Picture):
+        name = name or str(getattr(source, "filename", "") or getattr(source, "name", "") or "") or None
         source = source.read()  # a file is read once: a small number is decoded again, larger
+    trace = NumberTrace() if trace is None else trace
     picture, found, frame = locate(source, name, max_pixels)
+    trace.input, trace.scale = picture.pixels, picture.scale()
+    if picture.pixels.shape == (preprocess.SIZE, preprocess.SIZE) and preprocess.mnist_form(picture.pixels[None])[0]:
+        return read_single(source, picture, classifier, name, max_pixels, trace)  # one MNIST digit, as it is
     proposal = propose(found, classifier) if found is not None else None
     chosen = best_split(proposal) if proposal is not None else []
     if not chosen:
         raise NoDigitError(f"no digit found in {picture.name}")
     if len(chosen) == 1:
-        return read_single(source, picture, classifier, name, max_pixels)
+        return read_single(source, picture, classifier, name, max_pixels, trace)
+    trace.digits = [proposal.images[i][0] for i in chosen]
     predictions = to_predictions(proposal.probabilities[chosen])
     return reading(predictions, [frame.box(*proposal.images[i][1]) for i in chosen])
 
@@ -229,15 +247,16 @@ def zoom_in(source, picture, found, frame, name, max_pixels):
     return zoomed, frame._replace(left=left * scale_x, top=top * scale_y, scale_x=scale_x, scale_y=scale_y)
 
 
-def read_single(source, picture, classifier, name, max_pixels):
+def read_single(source, picture, classifier, name, max_pixels, trace):
     """One digit: the single-digit pipeline, on the picture predict() decodes."""
     height, width = picture.pixels.shape[:2]
     if not isinstance(source, Picture) and picture.size is not None and (
             decode.long_side(picture.size, (decode.WORK_SIDE, 0)) < max(height, width)):
         picture = decode.decode(source, name, max_pixels)  # a wide strip: decoded at predict()'s size
-    trace = preprocess.Trace()
-    image = preprocess.to_mnist(picture, trace)
-    box = trace.box or (0, picture.pixels.shape[0], 0, picture.pixels.shape[1])  # already MNIST: all of it
+    steps = preprocess.Trace()
+    image = preprocess.to_mnist(picture, steps)
+    box = steps.box or (0, picture.pixels.shape[0], 0, picture.pixels.shape[1])  # already MNIST: all of it
+    trace.input, trace.scale, trace.digits = picture.pixels, picture.scale(), [image]
     return reading(to_predictions(classifier(image[None])), [whole(picture).box(*box)])
 
 
@@ -352,7 +371,8 @@ def digit_height(found, shape):
         return None
     shaped = [p for p in usable if not line_like(p, shape) and not along_border(p, shape)] or usable
     clear = [p for p in shaped if not touches_border(p, shape)]
-    if not clear or max(p.strokes for p in clear) < 0.25 * max(p.strokes for p in shaped):
+    touching = [p for p in shaped if touches_border(p, shape)]
+    if not clear or ink_weight(clear) < 0.25 * ink_weight(touching):
         clear = shaped  # what is clear of the border is only specks and bits: a tight crop
     heights = np.array([p.bottom - p.top for p in clear], np.float64)
     mass = np.array([p.strokes for p in clear], np.float64) + 1
@@ -361,6 +381,11 @@ def digit_height(found, shape):
     support = alike @ np.sqrt(mass)  # many pieces alike, and big ones: a number's digits, not specks or one edge
     chosen = alike[int(np.argmax(support))]
     return float(weighted_median(heights[chosen], mass[chosen]))
+
+
+def ink_weight(group):
+    """How much a group of pieces counts when the digit height is measured: the square roots of their ink."""
+    return float(sum(np.sqrt(p.strokes) for p in group))
 
 
 def line_like(piece, shape):
@@ -400,13 +425,14 @@ def drop_ruled_lines(strokes, faint, height):
     the picture's width and LINE_HEIGHTS digit heights, covering most of its span: no row
     through a number's digits does. A vertical one is a column with more than VERTICAL_RUN
     of the picture's height and VERTICAL_HEIGHTS digit heights. The line's pixels leave the
-    strokes, except where a stroke crosses it (ink right above and right below it).
+    strokes, except where a stroke meets it (ink right above or right below it): a digit
+    crossing the line or resting on it keeps its strokes whole.
     Returns `strokes` itself when there is no line.
     """
     rows_total, cols_total = strokes.shape
     across = max(40.0, LINE_RUN * cols_total, min(LINE_HEIGHTS * height, LINE_CAP * cols_total))
     upright = max(VERTICAL_RUN * rows_total, VERTICAL_HEIGHTS * height)
-    thickest = max(4.0, LINE_THICKNESS * height)
+    thickest = max(THINNEST_LIMIT, LINE_THICKNESS * height)
     out = drop_lines(strokes, faint, across, thickest, 1)
     # an edge may be broken up along its length; no column through a number holds such a run
     out = drop_lines(out.T, faint.T, upright, thickest, max(1, round(EDGE_GAPS * rows_total))).T
@@ -427,14 +453,14 @@ def drop_lines(strokes, faint, need, thickest, gap):
     on_band[inside] = band[sheared[inside]]
     grid = np.zeros((band.size, strokes.shape[1]), bool)
     grid[sheared[inside], cols[inside]] = True
-    crossing = np.zeros_like(grid)
+    meeting = np.zeros_like(grid)  # columns where a stroke comes to the line (crosses it, or rests on it)
     for start, stop in pieces.runs(band):
         reach = max(2, stop - start)
         above = grid[max(0, start - reach):start].any(axis=0)
         below = grid[stop:stop + reach].any(axis=0)
-        crossing[start:stop] = above & below
+        meeting[start:stop] = above | below
     remove = on_band.copy()
-    remove[inside] &= ~crossing[sheared[inside], cols[inside]]
+    remove[inside] &= ~meeting[sheared[inside], cols[inside]]
     out = strokes.copy()
     out[rows[remove], cols[remove]] = False
     return out
@@ -464,11 +490,12 @@ def find_line(mask, need, thickest, gap=1):
         if candidates.size == 0:
             continue
         longest = longest_runs(sheared, cols, candidates, counts.size, gap)
-        if best is None or longest.max() > best[1].max():
-            best = (float(slope), longest)
-    if best is None or best[1].max() < need:
+        score = (int(longest.max()), -int(np.count_nonzero(longest >= need)))  # longest, then thinnest
+        if best is None or score > best[0]:
+            best = (score, float(slope), longest)
+    if best is None or best[0][0] < need:
         return None
-    slope, longest = best
+    _, slope, longest = best
     band = longest >= need
     grown = np.zeros_like(band)
     for start, stop in pieces.runs(band):
