@@ -95,6 +95,27 @@ class Number:
 
     def compose(self, masks, height):
         """Put the drawn digits side by side, each at its drop and gap; return the number's coverage."""
+        rows, columns, places = self.layout(masks, height)
+        out = np.zeros((rows, columns), np.float32)
+        for mask, (y, x) in zip(masks, places):
+            window = out[y:y + mask.shape[0], x:x + mask.shape[1]]
+            np.maximum(window, mask, out=window)
+        return out
+
+    def digit_layers(self, height, width_px):
+        """Each digit's coverage alone, placed as pen() places it (to check which digits touch)."""
+        masks = [shear(pen_mask(d.thin, lay.size * height, width_px), lay.slant)
+                 for d, lay in zip(self.digits, self.layouts)]
+        rows, columns, places = self.layout(masks, height)
+        layers = []
+        for mask, (y, x) in zip(masks, places):
+            layer = np.zeros((rows, columns), np.float32)
+            layer[y:y + mask.shape[0], x:x + mask.shape[1]] = mask
+            layers.append(layer)
+        return layers
+
+    def layout(self, masks, height):
+        """(rows, columns, [(top, left) of each mask]): the digits at their drops and gaps."""
         bottoms = [round(lay.drop * height) for lay in self.layouts]
         top = min(b - m.shape[0] for b, m in zip(bottoms, masks))
         rows = max(bottoms) - top
@@ -111,12 +132,7 @@ class Number:
                 lefts.append(left_for_gap(spans[i], spans[:i], lefts, max(2, round(gap))))
         start = min(lefts)
         columns = max(left + m.shape[1] for left, m in zip(lefts, masks)) - start
-        out = np.zeros((rows, columns), np.float32)
-        for mask, left, bottom in zip(masks, lefts, bottoms):
-            y, x = bottom - top - mask.shape[0], left - start
-            window = out[y:y + mask.shape[0], x:x + mask.shape[1]]
-            np.maximum(window, mask, out=window)
-        return out
+        return rows, columns, [(b - top - m.shape[0], left - start) for m, left, b in zip(masks, lefts, bottoms)]
 
 
 def aspect(thin):
