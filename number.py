@@ -43,6 +43,7 @@ CLUSTER_GAP = 1.5  # digit heights: pieces further apart than this belong to dif
 EDGE_GROWTH = 2  # pixels: a stroke's faint anti-aliased edge joins its piece up to this far
 SLANT_RANGE = (-0.4, 0.6)  # the number's slant is taken within this (x shift per pixel up)
 LINE_SLOPES = np.linspace(-0.06, 0.06, 13)  # ruled lines: rows per column tried (about +-3.4 degrees)
+LINE_TRIES = 4  # of those, the slopes whose fullest rows are searched for runs
 LINE_RUN = 0.3  # a ruled line runs this share of the picture's width at least...
 LINE_HEIGHTS = 2.5  # ...and this many digit heights, or LINE_CAP of the width (the height may be a line's)
 LINE_CAP = 0.6
@@ -482,17 +483,20 @@ def find_line(mask, need, thickest, gap=1):
     rows, cols = np.nonzero(mask)
     if rows.size < need:
         return None
-    best = None
+    tried = []
     for slope in LINE_SLOPES:
         sheared = rows - np.round(slope * cols).astype(np.int64) - line_origin(mask.shape, slope)
         counts = np.bincount(sheared)
+        if counts.max() >= need:
+            tried.append((int(counts.max()), float(slope), sheared, counts))
+    best = None
+    # along a line's own slope its pixels gather in its row: the slopes with the fullest rows
+    for _, slope, sheared, counts in sorted(tried, key=lambda t: -t[0])[:LINE_TRIES]:
         candidates = np.flatnonzero(counts >= need)
-        if candidates.size == 0:
-            continue
         longest = longest_runs(sheared, cols, candidates, counts.size, gap)
         score = (int(longest.max()), -int(np.count_nonzero(longest >= need)))  # longest, then thinnest
         if best is None or score > best[0]:
-            best = (score, float(slope), longest)
+            best = (score, slope, longest)
     if best is None or best[0][0] < need:
         return None
     _, slope, longest = best

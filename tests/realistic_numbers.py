@@ -69,6 +69,7 @@ class Number:
         self.digits, self.layouts, self.touching, self.room = digits, layouts, touching, room
         self.touched = None  # after drawing: whether the touching pair's strokes met
         self.fit = 1.0  # set by canvas(): the share of the asked-for size at which the number fits its scene
+        self.max_aspect = MAX_ASPECT  # a photo-shaped scene (1.4, say) has the number small in it
         # An upper bound of the drawn width in digit heights: boxes, slant, gaps and a wide pen.
         widths = [(aspect(d.thin) + abs(lay.slant)) * lay.size + WIDEST_PEN for d, lay in zip(digits, layouts)]
         self.aspect = sum(widths) + sum(max(lay.gap, 0) for lay in layouts[1:])
@@ -88,7 +89,7 @@ class Number:
         """The scene for a number with digits about `height` tall: wide enough for it, up to
         MAX_ASPECT (then the number is drawn smaller) and MAX_WIDTH pixels (then all is scaled)."""
         wanted = self.room * self.aspect * height  # a condition draws digits up to 0.85 of its height
-        wide = min(max(width, wanted), MAX_ASPECT * height)
+        wide = min(max(width, wanted), self.max_aspect * height)
         self.fit = min(1.0, wide / wanted)
         factor = min(1.0, MAX_WIDTH / wide)
         return max(1, round(height * factor)), max(1, round(wide * factor))
@@ -187,9 +188,12 @@ def break_stroke(thin, rng):
     return thin & ((rows - y) ** 2 + (cols - x) ** 2 > radius ** 2)
 
 
-def compose_number(images, labels, rng, touching=None):
-    """Draw a number's digits and layout from the pool (images, labels) with rng."""
-    count = int(rng.integers(LENGTHS[0], LENGTHS[1] + 1))
+def compose_number(images, labels, rng, touching=None, length=None):
+    """Draw a number's digits and layout from the pool (images, labels) with rng.
+
+    Returns (Number, its text); `length` digits, or 2-8 (LENGTHS) drawn with rng.
+    """
+    count = int(rng.integers(LENGTHS[0], LENGTHS[1] + 1)) if length is None else length
     picks = rng.choice(len(images), size=count, replace=False)
     digits = [Digit(images[i], skeleton(images[i])[1]) for i in picks]
     if rng.random() < BROKEN_SHARE:
