@@ -9,6 +9,9 @@ server answers a JSON API:
 
     POST /api/predict   an image as a multipart file field ("image") or as the raw
                         body -> {"digit": 7, "confidence": 0.99, "probabilities": [...]}
+    POST /api/read-number  the same upload, read as a whole number -> {"number": "472",
+                        "confidence": 0.75, "digits": [{"digit": 4, "confidence": 0.91,
+                        "box": [x0, y0, x1, y1], "probabilities": [...]}, ...]}
     GET  /health        {"status": "ok", "model": "..."} once the model is loaded
 
 Errors are JSON too ({"error": "..."}): 400 no image / not an image, 422 no digit
@@ -116,19 +119,27 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
         return b"".join(chunks)
 
     budget = DecodeBudget(DECODE_BUDGET_MB)
+    limits = dict(max_pixels=MAX_PIXELS, max_megabytes=MAX_DECODE_MB, reserve=budget.reserve)
 
-    def decode_upload(data):
-        if not data:
-            raise ApiError(400, NO_IMAGE)
+    @contextlib.contextmanager
+    def upload_errors(no_digit):
+        """Image errors inside as API errors: 413 too large, 400 unreadable, 422 `no_digit`, 503 busy."""
         try:
-            return decode.decode(data, name="the upload", max_pixels=MAX_PIXELS, max_megabytes=MAX_DECODE_MB,
-                                 reserve=budget.reserve)
+            yield
         except inference.ImageTooLargeError as exc:
             raise ApiError(413, str(exc)) from None
         except inference.UnreadableImageError as exc:
             raise ApiError(400, str(exc)) from None
+        except inference.NoDigitError:
+            raise ApiError(422, no_digit) from None
         except BusyError as exc:
             raise ApiError(503, str(exc)) from None
+
+    def decode_upload(data):
+        if not data:
+            raise ApiError(400, NO_IMAGE)
+        with upload_errors("no digit found: draw or upload a single digit"):
+            return decode.decode(data, name="the upload", **limits)
 
     @app.get("/")
     def index():
@@ -145,13 +156,24 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
     @app.post("/api/predict")
     def api_predict():
         picture = decode_upload(read_upload())  # a small picture now: the rest costs little
-        try:
+        with upload_errors("no digit found: draw or upload a single digit"):
             prediction = inference.predict(picture, model=model_arg)
-        except inference.NoDigitError:
-            raise ApiError(422, "no digit found: draw or upload a single digit") from None
         return jsonify(digit=prediction.digit,
                        confidence=round(prediction.confidence, 6),
                        probabilities=[round(p, 6) for p in prediction.probabilities])
+
+    @app.post("/api/read-number")
+    def api_read_number():
+        data = read_upload()
+        if not data:
+            raise ApiError(400, NO_IMAGE)
+        with upload_errors("no digit found: write or upload a number"):
+            # the bytes, not a decoded picture: a small number is decoded again, larger
+            reading = inference.read_number(data, model_arg, name="the upload", max_pixels=MAX_PIXELS)
+        return jsonify(number=reading.text, confidence=round(reading.confidence, 6),
+                       digits=[{"digit": d.prediction.digit, "confidence": round(d.prediction.confidence, 6),
+                                "box": list(d.box), "probabilities": [round(p, 6) for p in d.prediction.probabilities]}
+                               for d in reading.digits])
 
     @app.after_request
     def security_headers(response):

@@ -13,10 +13,25 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 BATCH = 64  # images per LiteRT invoke: the fastest size measured for this network on 2 cores
+
+
+class Prediction(NamedTuple):
+    """One image's classification."""
+
+    digit: int
+    confidence: float
+    probabilities: tuple  # ten floats, one per digit, summing to 1
+
+
+def to_predictions(probabilities):
+    """N x 10 probabilities (a classifier's output) -> a list of N Predictions."""
+    digits, rows = probabilities.argmax(axis=1).tolist(), probabilities.tolist()
+    return [Prediction(digit, row[digit], tuple(row)) for digit, row in zip(digits, rows)]
 
 
 class ModelError(RuntimeError):

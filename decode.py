@@ -1,10 +1,11 @@
 """Decode any image input into a small, upright 8-bit picture: the first stage of inference.
 
-    decode(source) -> Picture(pixels, name)
+    decode(source) -> Picture(pixels, name, size)
 
 `source` is a path, bytes, a binary file object, a PIL image, a NumPy array or a Picture.
 `pixels` is uint8, HxW (grey) or HxWx3 (colour), upright (EXIF orientation applied), with
-transparency composited, and at most WORK_SIDE pixels on its long side.
+transparency composited, and at most WORK_SIDE pixels on its long side (`side` asks for
+another bound); `size` is the image's own upright size, before it was reduced.
 
 Decoding is bounded whatever the file claims: a path that is not a regular file is refused
 before it is read, and the header decides the cost before any pixel is decoded. JPEGs are
@@ -17,7 +18,7 @@ import contextlib
 import io
 import os
 import stat
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
@@ -30,9 +31,11 @@ WORK_SIDE = 400  # pictures are brought down to this long side: room for a small
 PEAK_BYTES = {"1": 4, "L": 2, "P": 9, "I;16": 6, "I;16B": 6, "I;16L": 6, "I;16N": 6, "I": 4, "F": 4,
               "LA": 8, "PA": 9, "RGB": 8, "RGBA": 8, "RGBa": 8, "RGBX": 8, "CMYK": 8, "YCbCr": 8}
 MAX_DECODE_MB = 200  # with Python, NumPy and Pillow themselves, a file's decoding stays under 300 MB
-# A JPEG is decoded at the smallest libjpeg scale that keeps this long side: that is what costs
-# least (no resize after it), and a photo's digit is big enough at this size.
-JPEG_MIN_SIDE = 280
+# A JPEG is decoded at the smallest libjpeg scale that keeps this share of the long side asked
+# for (280 px of WORK_SIDE): that is what costs least (no resize after it), and a photo's digit is
+# big enough at this size.
+JPEG_MIN_SHARE = 0.7
+STRIP_SIDE = 4 * WORK_SIDE  # the longest side decode(short_side=...) gives a wide strip
 MAX_PIXELS = 40_000_000  # an image that would decode to more is refused from its header (A4 at 600 dpi: 35 M)
 # Pillow can decode these safely and they hold photos, scans and drawings; others (EPS, PDF, ...)
 # need outside programs or are rarely digit images.
@@ -50,11 +53,19 @@ UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4:
 class Picture(NamedTuple):
     """A decoded image as the pipeline sees it."""
 
-    pixels: np.ndarray  # uint8, HxW (grey) or HxWx3 (colour), long side <= WORK_SIDE
+    pixels: np.ndarray  # uint8, HxW (grey) or HxWx3 (colour), long side <= WORK_SIDE (or the side asked for)
     name: str  # how messages name the input: its path, or "the image"
+    size: Optional[Tuple[int, int]] = None  # (width, height) of the upright input before reducing; None: the pixels'
+
+    def scale(self):
+        """(x, y) factors from these pixels' coordinates to the input's own."""
+        height, width = self.pixels.shape[:2]
+        full = self.size or (width, height)
+        return full[0] / width, full[1] / height
 
 
-def decode(source, name=None, max_pixels=MAX_PIXELS, max_megabytes=MAX_DECODE_MB, reserve=None):
+def decode(source, name=None, max_pixels=MAX_PIXELS, side=WORK_SIDE, short_side=0, max_megabytes=MAX_DECODE_MB,
+           reserve=None):
     """Return `source` as a Picture; raise UnreadableImageError when it cannot be read.
 
     Args:
@@ -63,27 +74,41 @@ def decode(source, name=None, max_pixels=MAX_PIXELS, max_megabytes=MAX_DECODE_MB
         name: how messages name it (default: the path, or "the image").
         max_pixels: a file or PIL image that would decode to more pixels raises
             ImageTooLargeError, before any pixel is decoded.
-        max_megabytes: the same for the memory its decoding would take at its peak.
+        side: the longest side the pixels may have (a Picture is returned as it is)...
+        short_side: ...unless a longer one (up to STRIP_SIDE) keeps the short side this
+            long: a wide strip, such as a written number, keeps the height its digits need.
+        max_megabytes: a file or PIL image whose decoding would take more memory at its
+            peak (estimated from its header) raises ImageTooLargeError.
         reserve: None, or a function reserve(megabytes) -> context manager, entered
             with that estimate around the decoding itself: how a server shares one
-            memory budget among its requests (it may raise to refuse).
+            memory budget among its requests (it may raise BusyError to refuse).
     """
     if isinstance(source, Picture):
         return source
+    bound = (side, short_side)
     limits = Limits(max_pixels, max_megabytes, reserve or no_reservation)
     if isinstance(source, (str, os.PathLike)):
-        return decode_path(source, name or os.fspath(source), limits)
+        return decode_path(source, name or os.fspath(source), limits, bound)
     name = name or str(getattr(source, "filename", "") or "the image")
     if isinstance(source, np.ndarray):
-        return Picture(array_to_pixels(source, name), name)
+        size = (source.shape[1], source.shape[0]) if source.ndim >= 2 else None
+        return Picture(array_to_pixels(source, name, long_side(size or (1, 1), bound)), name, size)
     if isinstance(source, Image.Image):
-        return Picture(read_pillow(lambda: contextlib.nullcontext(source), name, limits), name)
+        pixels, size = read_pillow(lambda: contextlib.nullcontext(source), name, limits, bound)
+        return Picture(pixels, name, size)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode_stream(io.BytesIO(source), name, limits)
+        return decode_stream(io.BytesIO(source), name, limits, bound)
     if hasattr(source, "read"):
-        return decode_stream(source, name, limits)
+        return decode_stream(source, name, limits, bound)
     raise UnreadableImageError(f"{name}: cannot read a {type(source).__name__}; "
                                "pass a path, bytes, a file, a PIL image or a NumPy array")
+
+
+def long_side(size, bound):
+    """The long side to reduce an image of size (width, height) to, for decode()'s (side, short_side)."""
+    side, short_side = bound
+    longer, shorter = max(size), max(1, min(size))
+    return max(side, min(STRIP_SIDE, int(short_side * longer / shorter)))
 
 
 class Limits(NamedTuple):
@@ -98,7 +123,10 @@ def no_reservation(megabytes):
     return contextlib.nullcontext()
 
 
-def decode_path(path, name, limits):
+DEFAULT_LIMITS = Limits(MAX_PIXELS, MAX_DECODE_MB, no_reservation)
+
+
+def decode_path(path, name, limits, bound=(WORK_SIDE, 0)):
     """Open a regular file without blocking (a FIFO or device is refused unread) and decode it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
@@ -117,18 +145,19 @@ def decode_path(path, name, limits):
             raise UnreadableImageError(f"{name}: a folder, not an image")
         raise UnreadableImageError(f"{name}: not a regular file (a pipe, socket or device)")
     with os.fdopen(fd, "rb") as file:
-        return decode_stream(file, name, limits)
+        return decode_stream(file, name, limits, bound)
 
 
-def decode_stream(file, name, limits):
-    return Picture(read_pillow(lambda: Image.open(file, formats=FORMATS), name, limits), name)
+def decode_stream(file, name, limits, bound=(WORK_SIDE, 0)):
+    pixels, size = read_pillow(lambda: Image.open(file, formats=FORMATS), name, limits, bound)
+    return Picture(pixels, name, size)
 
 
-def read_pillow(open_image, name, limits):
+def read_pillow(open_image, name, limits, bound=(WORK_SIDE, 0)):
     """pil_to_pixels(open_image()), with whatever Pillow raises turned into UnreadableImageError."""
     try:
         with open_image() as image:
-            return pil_to_pixels(image, name, limits)
+            return pil_to_pixels(image, name, limits, bound)
     except (UnreadableImageError, BusyError):
         raise
     except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours, said so first
@@ -147,13 +176,17 @@ def describe(error):
     return text or type(error).__name__
 
 
-def pil_to_pixels(image, name, limits):
-    """Decode a PIL image (of any mode and size Pillow accepts) into bounded uint8 pixels."""
-    width, height = image.size
+def pil_to_pixels(image, name, limits=DEFAULT_LIMITS, bound=(WORK_SIDE, 0)):
+    """Decode a PIL image (of any mode and size Pillow accepts) into bounded uint8 pixels.
+
+    Returns (pixels, (width, height) of the whole image, upright).
+    """
+    width, height = full = image.size
     if width < 1 or height < 1:
         raise UnreadableImageError(f"{name}: an empty image ({width}x{height})")
+    side = long_side(full, bound)
     if image.format in ("JPEG", "MPO"):  # libjpeg decodes at 1/2, 1/4 or 1/8 scale for free
-        scale = next(s for s in (8, 4, 2, 1) if max(width, height) // s >= JPEG_MIN_SIDE or s == 1)
+        scale = next(s for s in (8, 4, 2, 1) if max(width, height) // s >= JPEG_MIN_SHARE * side or s == 1)
         if scale > 1:
             image.draft(None, (width // scale, height // scale))
             width, height = image.size
@@ -164,21 +197,23 @@ def pil_to_pixels(image, name, limits):
         raise ImageTooLargeError(f"{name}: too large ({width}x{height} pixels, mode {image.mode}; the limit is "
                                  f"{limit:.{0 if limit >= 10 else 1}f} megapixels)")
     with limits.reserve(megabytes):
-        return decode_pixels(image, name)
+        return decode_pixels(image, name, side, full)
 
 
-def decode_pixels(image, name):
-    """The first frame's pixels, 8-bit, reduced and upright; the size was checked before."""
+def decode_pixels(image, name, side, full):
+    """(pixels, upright full size): the first frame, 8-bit, reduced and upright; the size was checked before."""
     try:
         image.seek(0)  # the first frame of an animation or a multi-page TIFF
     except (AttributeError, EOFError, ValueError):
         pass
     image.load()
     orientation = exif_orientation(image)  # after load(): a PNG may keep its EXIF after the pixels
-    image = reduce_to(to_eight_bit(image), WORK_SIDE)
+    image = reduce_to(to_eight_bit(image, side), side)
     if orientation in UPRIGHT:
         image = image.transpose(UPRIGHT[orientation])
-    return finish(np.asarray(image), name)
+        if orientation >= 5:  # a quarter turn
+            full = full[::-1]
+    return finish(np.asarray(image), name, side), full
 
 
 def exif_orientation(image):
@@ -188,7 +223,7 @@ def exif_orientation(image):
         return None
 
 
-def to_eight_bit(image):
+def to_eight_bit(image, side=WORK_SIDE):
     """Return the image in L, LA, RGB or RGBA; 16-bit, integer and float images are scaled to 0-255."""
     mode = image.mode
     if mode in EIGHT_BIT_MODES:
@@ -205,11 +240,11 @@ def to_eight_bit(image):
     if mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
         return image.convert("RGB")
     # I, I;16 (any byte order) and F: reduce first (in Pillow where it can), then scale to 0-255
-    array = np.asarray(reduce_to(image, 2 * WORK_SIDE) if mode in ("I", "F") else image)
+    array = np.asarray(reduce_to(image, 2 * side) if mode in ("I", "F") else image)
     if mode == "F" and not np.isfinite(array).all():
         array = np.where(np.isfinite(array), array, 0)  # NaN and inf: no information, call it black
     offset, factor = value_scale(array.dtype, array)
-    small = block_mean(array, 2 * WORK_SIDE)
+    small = block_mean(array, 2 * side)
     return Image.fromarray(((small.astype(np.float32) - offset) * factor).clip(0, 255).round().astype(np.uint8))
 
 
@@ -239,7 +274,7 @@ def block_mean(array, side):
     return blocks.mean(axis=(1, 3), dtype=np.float32)  # reduces in float32 without a full-size copy
 
 
-def array_to_pixels(array, name):
+def array_to_pixels(array, name, side=WORK_SIDE):
     """Return uint8 pixels (HxW or HxWx3) from an HxW or HxWxC array of any numeric dtype."""
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[2] == 1:
@@ -250,9 +285,9 @@ def array_to_pixels(array, name):
     if array.dtype.kind not in "biuf":  # bool, integers and floats; not complex, dates, text or objects
         raise UnreadableImageError(f"{name}: cannot read an array of {array.dtype}")
     if array.dtype == np.uint8:
-        return finish(array, name)
+        return finish(array, name, side)
     if array.dtype == bool:
-        return finish(array.astype(np.uint8) * 255, name)
+        return finish(array.astype(np.uint8) * 255, name, side)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         array = np.where(np.isfinite(array), array, 0)  # NaN and inf: no information, call it black
     has_alpha = array.ndim == 3 and array.shape[2] in (2, 4)
@@ -263,7 +298,7 @@ def array_to_pixels(array, name):
         alpha = (array[..., -1].astype(np.float32) * value_scale(array.dtype, array[..., -1])[1]).clip(0, 255)
         eight_bit = np.concatenate([eight_bit.reshape(eight_bit.shape[:2] + (-1,)),
                                     alpha.round().astype(np.uint8)[..., None]], axis=2)
-    return finish(eight_bit, name)
+    return finish(eight_bit, name, side)
 
 
 def value_scale(dtype, values):
@@ -281,12 +316,12 @@ def value_scale(dtype, values):
     return low, 255.0 / max(high - low, 1e-6)
 
 
-def finish(array, name):
+def finish(array, name, side=WORK_SIDE):
     """uint8 HxW(xC) -> bounded HxW or HxWx3: alpha composited, grey kept as one channel."""
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
-    if max(array.shape[:2]) > WORK_SIDE:
-        array = np.asarray(reduce_to(Image.fromarray(np.ascontiguousarray(array)), WORK_SIDE))
+    if max(array.shape[:2]) > side:
+        array = np.asarray(reduce_to(Image.fromarray(np.ascontiguousarray(array)), side))
     if array.ndim == 3 and array.shape[2] in (2, 4):
         colour = array[..., 0] if array.shape[2] == 2 else array[..., :3]
         array = composite(colour.astype(np.float32), array[..., -1].astype(np.float32) / 255)

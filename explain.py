@@ -1,12 +1,14 @@
 """Draw the preprocessing pipeline step by step, one row per image (for `inference.py --explain`).
 
     python inference.py photo.jpg drawing.png --explain steps.png
+    python inference.py --number photo.jpg --explain number.png    # write_number_figure
 
 Each row shows the input as decoded (upright, transparency composited), the ink map
 with the digit's bounding box (pieces dropped as specks or border junk in red), the
 digit fitted into MNIST's 20x20 box, the 28x28 model input with its centre of mass,
 and the ten probabilities. It draws the Trace that preprocessing recorded while it
-ran: nothing is computed a second time.
+ran: nothing is computed a second time. For a whole number, each row shows the image
+with every digit's box and reading, and each digit's 28x28 model input (number.NumberTrace).
 """
 
 import numpy as np
@@ -117,3 +119,59 @@ def fill(text, width=30):
     import textwrap
 
     return "\n".join(textwrap.wrap(text, width))
+
+
+def write_number_figure(rows, out_path, low_confidence=0.0):
+    """Write a picture of each number read: the image with each digit's box, and the digits' 28x28 inputs.
+
+    Args:
+        rows: (source, outcome, trace) triples: outcome a NumberReading or the ImageError it
+            raised, trace the number.NumberTrace recorded for it (None if decoding failed).
+        out_path: where to write the picture.
+        low_confidence: digits below this are drawn in red.
+    Returns:
+        the number of rows drawn.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = rows[:MAX_ROWS]
+    figure = Figure(figsize=(11, 2.4 * max(len(rows), 1)), dpi=80)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(max(len(rows), 1), 2, squeeze=False, gridspec_kw={"width_ratios": [3, 2]})
+    for (image_ax, digits_ax), (source, outcome, trace) in zip(axes, rows):
+        for ax in (image_ax, digits_ax):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        draw_number(image_ax, digits_ax, source, outcome, trace, low_confidence)
+    figure.tight_layout()
+    figure.savefig(out_path)
+    return len(rows)
+
+
+def draw_number(image_ax, digits_ax, source, outcome, trace, low_confidence):
+    name = "array" if hasattr(source, "shape") else str(getattr(source, "filename", "") or source)
+    if trace is not None and trace.input is not None:
+        image_ax.imshow(trace.input, cmap="gray" if trace.input.ndim == 2 else None, vmin=0, vmax=255)
+    if isinstance(outcome, Exception):
+        image_ax.set_title(short(name, 60), fontsize=8)
+        draw_outcome(digits_ax, outcome, low_confidence)
+        return
+    scale_x, scale_y = trace.scale if trace is not None else (1.0, 1.0)
+    for digit in outcome.digits:
+        x0, y0, x1, y1 = digit.box
+        colour = "tab:red" if digit.prediction.confidence < low_confidence else "gold"
+        image_ax.add_patch(rectangle(x0 / scale_x, y0 / scale_y, (x1 - x0) / scale_x, (y1 - y0) / scale_y))
+        image_ax.patches[-1].set_edgecolor(colour)
+        image_ax.text(x0 / scale_x, y0 / scale_y - 2, str(digit.prediction.digit), color=colour, fontsize=9,
+                      fontweight="bold", va="bottom")
+    image_ax.set_title(f"{short(name, 40)}: read as {outcome.text} ({outcome.confidence:.1%})", fontsize=9)
+    inputs = trace.digits if trace is not None else []
+    if inputs:
+        gap = np.zeros((28, 4), np.float32)
+        strip = np.hstack([part for image in inputs for part in (np.asarray(image, np.float32), gap)][:-1])
+        digits_ax.imshow(strip, cmap="gray", vmin=0, vmax=255)
+        for index, digit in enumerate(outcome.digits):
+            digits_ax.text(index * 32 + 14, 31, f"{digit.prediction.digit}\n{digit.prediction.confidence:.0%}",
+                           ha="center", va="top", fontsize=7)
+        digits_ax.set_title("each digit's 28x28 model input", fontsize=8)

@@ -2,17 +2,20 @@
 
     python inference.py                                # every image in sample_test_image/
     python inference.py scans/ --recursive --format csv > digits.csv
+    python inference.py --number photo.jpg             # photo.jpg: 472 (96.1%)
 
-    from inference import predict, predict_each
+    from inference import predict, predict_each, read_number
     predict("digit.png")            # Prediction(digit=3, confidence=0.998, probabilities=(...))
     predict(["a.png", array])       # a list of Predictions; raises the first ImageError
     for outcome in predict_each(paths):   # any number of images, lazily: a bad one is an
         outcome.prediction or outcome.error #   Outcome with its error, the rest go on
+    read_number("photo.jpg")        # NumberReading(text="472", digits=(DigitReading, ...), confidence)
 
 One pipeline for every caller (this CLI, the web app, --explain): decode.py reads any
 input into a small 8-bit picture, preprocess.py brings it to MNIST's form, parallel.py
 spreads that over the cores for many inputs, and classifier.py runs the model in
-batches on LiteRT, without TensorFlow. The default model is the int8-weight export
+batches on LiteRT, without TensorFlow. number.py splits an image of a whole number
+into digits that go through the same steps. The default model is the int8-weight export
 (mnist_cnn_int8.tflite); --model mnist_cnn.tflite runs the float one.
 """
 
@@ -30,14 +33,17 @@ import numpy as np
 
 import decode
 import explain
+import number
 import parallel
+from classifier import KerasClassifier, ModelError, Prediction, cores, load_classifier, to_predictions
 from cli import OneLineParser
-from classifier import KerasClassifier, ModelError, cores, load_classifier
 from errors import ImageError, ImageTooLargeError, NoDigitError, UnreadableImageError
+from number import DigitReading, NumberReading
 from preprocess import Trace
 
-__all__ = ["predict", "predict_each", "Prediction", "Outcome", "ImageError", "UnreadableImageError", "ImageTooLargeError",
-           "NoDigitError", "ModelError", "DEFAULT_MODEL", "FLOAT_MODEL"]
+__all__ = ["predict", "predict_each", "read_number", "read_numbers", "Prediction", "Outcome", "NumberReading",
+           "DigitReading", "ImageError", "UnreadableImageError", "ImageTooLargeError", "NoDigitError", "ModelError",
+           "DEFAULT_MODEL", "FLOAT_MODEL"]
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE / "mnist_cnn_int8.tflite"  # int8 weights: 2.5x faster, same test accuracy (README)
@@ -48,12 +54,6 @@ DEFAULT_IMAGES = HERE / "sample_test_image"
 LOW_CONFIDENCE = 0.5
 MAX_WORKERS = 256  # processes; more would only exhaust memory (each takes ~55 MB)
 EXPLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what --explain can write
-
-
-class Prediction(NamedTuple):
-    digit: int
-    confidence: float
-    probabilities: tuple  # ten floats, one per digit, summing to 1
 
 
 class Outcome(NamedTuple):
@@ -113,6 +113,35 @@ def predict_each(images, model=None, workers=None, traces=0) -> Iterator[Outcome
             yield Outcome(source, None if error else next(predictions), error, trace)
 
 
+def read_number(image, model=None, name=None, max_pixels=decode.MAX_PIXELS):
+    """Read a whole handwritten number (1 to about 12 digits on one line) in one image.
+
+    The image is split into digits (number.py: connected pieces, broken digits joined,
+    touching ones cut where the classifier reads the parts best), each brought to MNIST's
+    form as predict() does and all classified in one batch. An image of one digit gives
+    the digit predict() gives.
+
+    Args:
+        image: what predict() takes for one image (a path, bytes, file, PIL image or array).
+        model: as for predict().
+        name: how error messages name the image (default: its path, or "the image").
+        max_pixels: an image whose header says it has more pixels raises ImageTooLargeError.
+    Returns:
+        a NumberReading: `text` (the digits, leading zeros kept), `digits` (a DigitReading
+        per digit: its Prediction and its `box`, (x0, y0, x1, y1) in the image's own pixels,
+        upright after EXIF rotation) and `confidence`, the product of the digits' confidences.
+    Raises:
+        UnreadableImageError or NoDigitError (both ImageError); ModelError.
+    """
+    return number.read(image, get_classifier(model), name, max_pixels)
+
+
+def read_numbers(images, model=None):
+    """read_number() for each image of a list or other iterable; raises the first image's error."""
+    classifier = get_classifier(model)
+    return [number.read(image, classifier) for image in images]
+
+
 def classify(images, classifier, workers=None, traces=0):
     """Yield (Batch, its Predictions in order, skipping failed inputs) for many images."""
     if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[3] == 1:
@@ -140,11 +169,6 @@ def get_classifier(model):
     if callable(model) and not hasattr(model, "predict"):  # already a classifier
         return model
     return KerasClassifier(model)
-
-
-def to_predictions(probabilities):
-    digits, rows = probabilities.argmax(axis=1).tolist(), probabilities.tolist()
-    return [Prediction(digit, row[digit], tuple(row)) for digit, row in zip(digits, rows)]
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -232,12 +256,62 @@ class Writer:
             self.csv.writerow([path, "", "", *[""] * 10, str(error)])
 
 
+class NumberWriter:
+    """Writes one row per input for --number: text, JSON lines (with each digit) or CSV."""
+
+    def __init__(self, form, out=sys.stdout):
+        self.form, self.out = form, out
+        self.csv = csv.writer(out, lineterminator="\n") if form == "csv" else None
+        if self.csv:
+            self.csv.writerow(["path", "number", "confidence", "error"])
+
+    def write(self, path, reading, error):
+        if error is not None:
+            print(f"error: {error}", file=sys.stderr)
+        if self.form == "text":
+            if reading is not None:
+                unsure = "  (low confidence)" if is_unsure(reading) else ""
+                self.out.write(f"{path}: {reading.text} ({reading.confidence:.1%}){unsure}\n")
+        elif self.form == "jsonl":
+            row = {"path": str(path)}
+            if reading is not None:
+                row.update(number=reading.text, confidence=round(reading.confidence, 6),
+                           digits=[{"digit": d.prediction.digit, "confidence": round(d.prediction.confidence, 6),
+                                    "box": list(d.box), "probabilities": [round(p, 6) for p in d.prediction.probabilities]}
+                                   for d in reading.digits])
+            else:
+                row["error"] = str(error)
+            self.out.write(json.dumps(row) + "\n")
+        elif reading is not None:
+            self.csv.writerow([path, reading.text, f"{reading.confidence:.6f}", ""])
+        else:
+            self.csv.writerow([path, "", "", str(error)])
+
+
+def is_unsure(reading):
+    """A number is unsure when one of its digits is (its own confidence is the product of all of them)."""
+    return any(d.prediction.confidence < LOW_CONFIDENCE for d in reading.digits)
+
+
+def number_outcomes(images, classifier, traces=0):
+    """Yield (source, NumberReading or None, ImageError or None, NumberTrace or None) per image, in order."""
+    for index, image in enumerate(images):
+        trace = number.NumberTrace() if index < traces else None
+        try:
+            yield image, number.read(image, classifier, trace=trace), None, trace
+        except ImageError as error:
+            yield image, None, error, trace
+
+
 def parse_args(argv=None):
     parser = OneLineParser(description="Recognise the handwritten digit in each image.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("paths", nargs="*", help="image files and folders (default: sample_test_image/)")
     parser.add_argument("--format", choices=("text", "jsonl", "csv"), default="text",
                         help="output: 'path: digit (confidence)' lines, JSON lines or CSV, one row per image")
+    parser.add_argument("--number", action="store_true",
+                        help="read each image as a whole number of one or more digits ('path: 472 (confidence)'; "
+                             "jsonl adds each digit with its box)")
     parser.add_argument("--json", action="store_const", const="jsonl", dest="format", help="the same as --format jsonl")
     parser.add_argument("-r", "--recursive", action="store_true", help="also classify the images in subfolders")
     parser.add_argument("--model", default=str(DEFAULT_MODEL),
@@ -246,7 +320,8 @@ def parse_args(argv=None):
                         help="processes that decode and preprocess (1: no extra processes)")
     parser.add_argument("--explain", metavar="OUT.png",
                         help=f"also draw each preprocessing step and the probabilities, one row per image "
-                             f"(the first {explain.MAX_ROWS}), into this picture (.png, .jpg, .pdf or .svg)")
+                             f"(the first {explain.MAX_ROWS}), into this picture (.png, .jpg, .pdf or .svg); "
+                             "with --number: each digit's box and its 28x28 model input")
     args = parser.parse_args(argv)
     if not 1 <= args.workers <= MAX_WORKERS:
         parser.error(f"--workers must be 1-{MAX_WORKERS}, not {args.workers}")
@@ -267,7 +342,7 @@ def main(argv=None):
     except ModelError as error:
         sys.exit(f"error: {error}")
     start, count, failed = time.perf_counter(), 0, 0
-    writer, explained = Writer(args.format), []
+    explained = []
     paths = expand_paths(args.paths or default_images(), args.recursive)
     folder_errors = []
 
@@ -280,14 +355,20 @@ def main(argv=None):
                 yield item
 
     traces = explain.MAX_ROWS if args.explain else 0
+    if args.number:
+        writer, outcomes = NumberWriter(args.format), number_outcomes(images(), classifier, traces)
+    else:
+        writer = Writer(args.format)
+        outcomes = ((o.source, o.prediction, o.error, o.trace)
+                    for o in predict_each(images(), classifier, args.workers, traces))
     with progress_bar() as bar:
         try:
-            for outcome in predict_each(images(), classifier, args.workers, traces):
-                writer.write(outcome.source, outcome.prediction, outcome.error)
+            for source, result, error, trace in outcomes:
+                writer.write(source, result, error)
                 count += 1
-                failed += outcome.error is not None
+                failed += error is not None
                 if count <= traces:
-                    explained.append((outcome.source, outcome.prediction or outcome.error, outcome.trace))
+                    explained.append((source, result or error, trace))
                 bar.update()
         except ModelError as error:  # the model loaded but gives no usable output
             sys.exit(f"error: {args.model}: {error}")
@@ -298,7 +379,8 @@ def main(argv=None):
           file=sys.stderr)
     if args.explain:
         try:
-            drawn = explain.write_figure(explained, args.explain, LOW_CONFIDENCE)
+            draw = explain.write_number_figure if args.number else explain.write_figure
+            drawn = draw(explained, args.explain, LOW_CONFIDENCE)
         except ImportError:
             sys.exit("error: --explain needs matplotlib (pip install -r requirements-inference.txt)")
         except (OSError, ValueError) as error:

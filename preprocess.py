@@ -71,16 +71,37 @@ def to_mnist(picture: Picture, trace: Optional[Trace] = None):
     if pixels.shape == (SIZE, SIZE) and mnist_form(pixels[None])[0]:
         trace.mnist = pixels
         return pixels
-    grey = pixels if pixels.ndim == 2 else np.asarray(Image.fromarray(pixels).convert("L"))
-    side = trace.side = ink_side(smoothed(grey))
-    ink, noise = ink_map(smoothed(grey if pixels.ndim == 2 else ink_channel(pixels, side)), side)
-    ink = trace.ink = normalise(ink, noise, picture.name)
+    ink = ink_of(picture, trace)
     digit = find_digit(ink)
     if digit is None:
         raise NoDigitError(f"no digit found in {picture.name}")
     trace.keep, trace.box = digit
     top, bottom, left, right = digit.box
-    crop = np.where(digit.keep, ink, 0)[top:bottom, left:right]
+    return crop_to_mnist(np.where(digit.keep, ink, 0)[top:bottom, left:right], trace)
+
+
+def ink_of(picture: Picture, trace: Optional[Trace] = None):
+    """Return the picture's normalised ink map: HxW float32, 0 on the paper, 255 at full strength.
+
+    The ink side, the ink map and the contrast steps of to_mnist(), for any picture (one
+    digit or a whole number). Raises NoDigitError when there is no ink at all.
+    """
+    trace = Trace() if trace is None else trace
+    pixels = picture.pixels
+    grey = pixels if pixels.ndim == 2 else np.asarray(Image.fromarray(pixels).convert("L"))
+    side = trace.side = ink_side(smoothed(grey))
+    ink, noise = ink_map(smoothed(grey if pixels.ndim == 2 else ink_channel(pixels, side)), side)
+    trace.ink = normalise(ink, noise, picture.name)
+    return trace.ink
+
+
+def crop_to_mnist(crop, trace: Optional[Trace] = None):
+    """Bring one digit's ink, cropped to its box (0-255, nothing else in it), to the 28x28 model input.
+
+    The fit and centre steps of to_mnist(): stroke width into MNIST's range, scaled into
+    the 20x20 box, placed by its centre of mass.
+    """
+    trace = Trace() if trace is None else trace
     trace.fitted, trace.stroke = fit_box(crop)
     trace.mnist = centre(trace.fitted)
     return trace.mnist

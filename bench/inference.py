@@ -184,7 +184,7 @@ def write_pngs(x, y, folder):
 def render_photo(digit, index):
     """A phone photo of the digit written on paper, about 1 MP, as a PIL image."""
     rng = np.random.default_rng([SEED, index])
-    picture = realistic.photo_of_paper(digit, realistic.skeleton(digit)[1], rng)
+    picture = realistic.photo_of_paper(realistic.Digit(digit, realistic.skeleton(digit)[1]), rng)
     # The renderer draws 300-1000 px; scaling up keeps its look and gives the pixel count
     # (so the decoding cost) of a real photo.
     scale = PHOTO_SIDE / max(picture.size)

@@ -8,6 +8,8 @@ Everything is deterministic given the seed.
     from tests.realistic import CONDITIONS, load_digits, generate
     for sample in generate(*load_digits(), per_condition=10):
         sample.condition, sample.image, sample.label   # image: a PIL image
+
+A condition draws a shape: a Digit here, a whole number in tests/realistic_numbers.py.
 """
 
 import io
@@ -117,6 +119,25 @@ def pencil_mask(digit, height):
     return (big / 255).clip(0, 1)
 
 
+class Digit(NamedTuple):
+    """One MNIST digit as a condition draws it (a whole number offers the same three methods)."""
+
+    image: np.ndarray  # 28x28 uint8
+    thin: np.ndarray  # its skeleton (skeleton(image)[1])
+
+    def pen(self, height, width_px):
+        """Coverage (0-1) of the digit drawn `height` pixels tall with a round pen."""
+        return pen_mask(self.thin, height, width_px)
+
+    def pencil(self, height):
+        """Coverage of the digit's own grey profile, `height` pixels tall."""
+        return pencil_mask(self.image, height)
+
+    def canvas(self, height, width):
+        """The scene's size for a digit `height`-ish tall: a digit fits any scene as it is."""
+        return height, width
+
+
 # ----------------------------------------------------------------------------- scenes
 
 def place(mask, canvas_hw, rng, where="anywhere", margin=0.05):
@@ -124,7 +145,7 @@ def place(mask, canvas_hw, rng, where="anywhere", margin=0.05):
     height, width = canvas_hw
     mh, mw = mask.shape
     out = np.zeros((height, width), np.float32)
-    if mh > height or mw > width:  # never happens by design; keep the generator total
+    if mh > height or mw > width:  # a digit drawn to the edge of a 28x28 raster loses its pen margin
         mask = mask[:height, :width]
         mh, mw = mask.shape
     pad_y, pad_x = int(margin * height), int(margin * width)
@@ -195,67 +216,67 @@ def dark_ink(rng):
     return rng.uniform(0, 70) * np.ones(3) + rng.uniform(0, 15, 3)
 
 
-# Each renderer takes (digit, thin, rng) and returns a PIL image.
+# Each renderer takes (shape, rng), shape a Digit or a whole number, and returns a PIL image.
 
-def dark_on_light(digit, thin, rng):
-    height, width = sizes(rng)
+def dark_on_light(shape, rng):
+    height, width = shape.canvas(*sizes(rng))
     digit_h = rng.uniform(0.3, 0.75) * min(height, width)
-    mask = pen_mask(thin, digit_h, pen_width(rng, digit_h))
+    mask = shape.pen(digit_h, pen_width(rng, digit_h))
     return to_image(paint(place(mask, (height, width), rng), dark_paper(rng), dark_ink(rng)))
 
 
-def tiny_in_corner(digit, thin, rng):
+def tiny_in_corner(shape, rng):
     width, height = int(rng.integers(600, 1001)), int(rng.integers(200, 451))
     digit_h = rng.uniform(24, 48)
-    mask = pen_mask(thin, digit_h, pen_width(rng, digit_h, 0.08, 0.15))
+    mask = shape.pen(digit_h, pen_width(rng, digit_h, 0.08, 0.15))
     return to_image(paint(place(mask, (height, width), rng, "corner", 0.03), dark_paper(rng), dark_ink(rng)))
 
 
-def thin_strokes(digit, thin, rng):
-    height, width = sizes(rng, 120, 600)
+def thin_strokes(shape, rng):
+    height, width = shape.canvas(*sizes(rng, 120, 600))
     digit_h = rng.uniform(0.5, 0.85) * min(height, width)
-    mask = pen_mask(thin, digit_h, 1)  # a 1-pixel mouse line
+    mask = shape.pen(digit_h, 1)  # a 1-pixel mouse line
     return to_image(paint(place(mask, (height, width), rng), (255, 255, 255), (0, 0, 0)))
 
 
-def thick_strokes(digit, thin, rng):
-    height, width = sizes(rng, 120, 800)
+def thick_strokes(shape, rng):
+    height, width = shape.canvas(*sizes(rng, 120, 800))
     digit_h = rng.uniform(0.45, 0.75) * min(height, width)
-    mask = pen_mask(thin, digit_h, pen_width(rng, digit_h, 0.18, 0.26))  # a fat brush
+    mask = shape.pen(digit_h, pen_width(rng, digit_h, 0.18, 0.26))  # a fat brush
     return to_image(paint(place(mask, (height, width), rng), (255, 255, 255), dark_ink(rng)))
 
 
-def blurred(digit, thin, rng):
-    height, width = sizes(rng, 100, 700)
+def blurred(shape, rng):
+    height, width = shape.canvas(*sizes(rng, 100, 700))
     digit_h = rng.uniform(0.35, 0.75) * min(height, width)
-    mask = pen_mask(thin, digit_h, pen_width(rng, digit_h))
+    mask = shape.pen(digit_h, pen_width(rng, digit_h))
     image = to_image(paint(place(mask, (height, width), rng), dark_paper(rng), dark_ink(rng)))
     return blur(image, rng.uniform(0.02, 0.05) * digit_h)
 
 
-def noisy(digit, thin, rng):
-    height, width = sizes(rng, 100, 700)
+def noisy(shape, rng):
+    height, width = shape.canvas(*sizes(rng, 100, 700))
     digit_h = rng.uniform(0.35, 0.75) * min(height, width)
-    mask = pen_mask(thin, digit_h, pen_width(rng, digit_h))
+    mask = shape.pen(digit_h, pen_width(rng, digit_h))
     rgb = add_noise(paint(place(mask, (height, width), rng), dark_paper(rng), dark_ink(rng)), rng, rng.uniform(10, 30))
-    specks = rng.random((height, width)) < 0.002
+    specks = rng.random(rgb.shape[:2]) < 0.002
     rgb[specks] = rng.choice([0.0, 255.0], size=(specks.sum(), 1))
     return to_image(rgb)
 
 
-def uneven_light(digit, thin, rng):
-    height, width = sizes(rng, 150, 1000)
+def uneven_light(shape, rng):
+    height, width = shape.canvas(*sizes(rng, 150, 1000))
     digit_h = rng.uniform(0.35, 0.7) * min(height, width)
-    mask = pen_mask(thin, digit_h, pen_width(rng, digit_h))
+    mask = shape.pen(digit_h, pen_width(rng, digit_h))
     rgb = paint(place(mask, (height, width), rng), dark_paper(rng), dark_ink(rng))
-    rgb = rgb * lighting(height, width, rng, rng.uniform(0.3, 0.6))[..., None]
+    rgb = rgb * lighting(*rgb.shape[:2], rng, rng.uniform(0.3, 0.6))[..., None]
     return to_image(add_noise(rgb, rng, 3))
 
 
-def jpeg_artefacts(digit, thin, rng):
-    height, width = sizes(rng, 100, 800)
+def jpeg_artefacts(shape, rng):
+    height, width = shape.canvas(*sizes(rng, 100, 800))
     digit_h = rng.uniform(0.35, 0.75) * min(height, width)
-    mask = pen_mask(thin, digit_h, pen_width(rng, digit_h))
+    mask = shape.pen(digit_h, pen_width(rng, digit_h))
     image = to_image(paint(place(mask, (height, width), rng), dark_paper(rng), dark_ink(rng)))
     return jpeg(image, rng.uniform(5, 25))
 
@@ -264,19 +285,21 @@ INKS = [(20, 40, 160), (30, 60, 200), (170, 20, 30), (20, 110, 40), (90, 30, 130
 PAPERS = [(250, 240, 180), (255, 220, 225), (210, 230, 250), (215, 190, 150), (235, 250, 215), (240, 240, 240)]
 
 
-def coloured_ink(digit, thin, rng):
-    height, width = sizes(rng, 100, 800)
+def coloured_ink(shape, rng):
+    height, width = shape.canvas(*sizes(rng, 100, 800))
     digit_h = rng.uniform(0.35, 0.75) * min(height, width)
-    mask = pen_mask(thin, digit_h, pen_width(rng, digit_h))
+    mask = shape.pen(digit_h, pen_width(rng, digit_h))
     ink, paper = INKS[rng.integers(len(INKS))], PAPERS[rng.integers(len(PAPERS))]
-    rgb = paint(place(mask, (height, width), rng), paper, ink) * lighting(height, width, rng, 0.15)[..., None]
+    rgb = paint(place(mask, (height, width), rng), paper, ink)
+    rgb = rgb * lighting(*rgb.shape[:2], rng, 0.15)[..., None]
     return jpeg(to_image(add_noise(rgb, rng, 2)), 85)
 
 
-def transparent(digit, thin, rng):
-    height, width = sizes(rng, 100, 600)
+def transparent(shape, rng):
+    height, width = shape.canvas(*sizes(rng, 100, 600))
     digit_h = rng.uniform(0.4, 0.8) * min(height, width)
-    alpha = place(pen_mask(thin, digit_h, pen_width(rng, digit_h)), (height, width), rng)
+    alpha = place(shape.pen(digit_h, pen_width(rng, digit_h)), (height, width), rng)
+    height, width = alpha.shape
     ink = np.array([(0, 0, 0), (255, 255, 255), (20, 40, 200), (200, 30, 30)][rng.integers(4)], np.float32)
     hidden = rng.integers(4)  # what the transparent pixels hold: nothing anyone can see
     if hidden == 0:
@@ -292,52 +315,55 @@ def transparent(digit, thin, rng):
     return Image.fromarray(rgba.round().astype(np.uint8), "RGBA")
 
 
-def small_raster(digit, thin, rng):
+def small_raster(shape, rng):
     """A digit from another data set: 12-20 px rasters filled edge to edge, or a 28x28 paint drawing."""
     if rng.random() < 0.5:
         side = int(rng.integers(12, 21))
-        mask = pencil_mask(digit, side * 4)
+        height, width = shape.canvas(side, side)
+        mask = shape.pencil(side * 4)
         image = Image.fromarray((mask * 255).astype(np.float32), "F")
-        scale = side / max(mask.shape)
+        scale = min(height / mask.shape[0], width / mask.shape[1])
         image = image.resize((max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale))), Image.BOX)
-        coverage = np.zeros((side, side), np.float32)
+        coverage = np.zeros((height, width), np.float32)
         small = np.asarray(image) / 255
-        top, left = (side - small.shape[0]) // 2, (side - small.shape[1]) // 2
+        top, left = (height - small.shape[0]) // 2, (width - small.shape[1]) // 2
         coverage[top:top + small.shape[0], left:left + small.shape[1]] = small
         polarity = rng.integers(2)
         rgb = paint(coverage, (255,) * 3, (0,) * 3) if polarity else paint(coverage, (0,) * 3, (255,) * 3)
         return to_image(rgb).convert("L")
     digit_h = rng.uniform(18, 26)
-    mask = pen_mask(thin, digit_h, rng.choice([1, 2, 2, 3]))
-    return to_image(paint(place(mask, (28, 28), rng, margin=0.0), (255,) * 3, (0,) * 3)).convert("L")
+    scene = shape.canvas(28, 28)
+    mask = shape.pen(digit_h, rng.choice([1, 2, 2, 3]))
+    return to_image(paint(place(mask, scene, rng, margin=0.0), (255,) * 3, (0,) * 3)).convert("L")
 
 
-def light_on_dark(digit, thin, rng):
-    height, width = sizes(rng, 100, 800)
+def light_on_dark(shape, rng):
+    height, width = shape.canvas(*sizes(rng, 100, 800))
     digit_h = rng.uniform(0.35, 0.75) * min(height, width)
-    mask = pen_mask(thin, digit_h, pen_width(rng, digit_h, 0.08, 0.16))
+    mask = shape.pen(digit_h, pen_width(rng, digit_h, 0.08, 0.16))
     board = [(30, 50, 40), (20, 20, 20), (0, 0, 0), (40, 45, 60)][rng.integers(4)]
     chalk = rng.uniform(190, 255) * np.ones(3)
     rgb = paint(place(mask, (height, width), rng), board, chalk)
     return to_image(add_noise(rgb, rng, rng.uniform(0, 8)))
 
 
-def pencil_scan(digit, thin, rng):
-    height, width = sizes(rng, 100, 800)
+def pencil_scan(shape, rng):
+    height, width = shape.canvas(*sizes(rng, 100, 800))
     digit_h = rng.uniform(0.3, 0.7) * min(height, width)
-    mask = pencil_mask(digit, digit_h)
+    mask = shape.pencil(digit_h)
     paper = rng.uniform(200, 240)
     lead = paper - rng.uniform(70, 140)
     rgb = paint(place(mask, (height, width), rng), (paper,) * 3, (lead,) * 3)
     return to_image(add_noise(rgb, rng, rng.uniform(2, 6))).convert("L")
 
 
-def photo_of_paper(digit, thin, rng):
+def photo_of_paper(shape, rng):
     """A phone photo: the sheet does not fill the frame, the table shows along an edge or two."""
-    height, width = sizes(rng, 300, 1000)
+    height, width = shape.canvas(*sizes(rng, 300, 1000))
     digit_h = rng.uniform(0.3, 0.55) * min(height, width)
-    mask = pen_mask(thin, digit_h, pen_width(rng, digit_h))
+    mask = shape.pen(digit_h, pen_width(rng, digit_h))
     rgb = paint(place(mask, (height, width), rng, margin=0.25), dark_paper(rng), dark_ink(rng))
+    height, width = rgb.shape[:2]
     table = np.array([(60, 40, 30), (90, 90, 95), (25, 25, 25), (120, 80, 50)][rng.integers(4)], np.float32)
     y, x = np.mgrid[0:height, 0:width]
     tilt = rng.uniform(-0.05, 0.05)
@@ -358,9 +384,9 @@ def photo_of_paper(digit, thin, rng):
     return jpeg(blur(to_image(add_noise(rgb, rng, 4)), 0.8), 70)
 
 
-def exif_rotated(digit, thin, rng):
+def exif_rotated(shape, rng):
     """A phone photo stored sideways, with an EXIF tag saying how to turn it upright."""
-    upright = dark_on_light(digit, thin, rng)
+    upright = dark_on_light(shape, rng)
     orientation = int(rng.choice([3, 6, 8]))
     # orientation 6 means "rotate 90 clockwise to view": store the pixels turned the other way
     stored = upright.transpose({3: Image.ROTATE_180, 6: Image.ROTATE_90, 8: Image.ROTATE_270}[orientation])
@@ -371,12 +397,13 @@ def exif_rotated(digit, thin, rng):
     return Image.open(io.BytesIO(buffer.getvalue()))
 
 
-def form_cell(digit, thin, rng):
+def form_cell(shape, rng):
     """A digit cropped from a scanned form: the cell's ruled lines show along the edges."""
-    height, width = sizes(rng, 80, 300)
+    height, width = shape.canvas(*sizes(rng, 80, 300))
     digit_h = rng.uniform(0.5, 0.75) * min(height, width)
-    mask = pen_mask(thin, digit_h, pen_width(rng, digit_h))
+    mask = shape.pen(digit_h, pen_width(rng, digit_h))
     rgb = paint(place(mask, (height, width), rng, margin=0.12), (245,) * 3, dark_ink(rng))
+    height, width = rgb.shape[:2]
     line = max(1, round(rng.uniform(0.005, 0.02) * min(height, width)))
     for edge in rng.choice(4, size=rng.integers(1, 5), replace=False):
         at = int(rng.integers(0, 3))
@@ -429,6 +456,6 @@ def generate(images, labels, per_condition=None, conditions=None, seed=0):
             # spread each condition over different digits when only a few are used
             index = (i * len(names) + c) % len(images) if per_condition is not None else i
             if index not in traced:
-                traced[index] = skeleton(images[index])[1]
+                traced[index] = Digit(images[index], skeleton(images[index])[1])
             rng = np.random.default_rng([seed, c, index])
-            yield Sample(name, render(images[index], traced[index], rng), int(labels[index]))
+            yield Sample(name, render(traced[index], rng), int(labels[index]))

@@ -214,3 +214,82 @@ def test_page_loads_only_from_its_server_without_errors(browser, server_url):
     assert resources and all(url.startswith(server_url) for url in resources), resources
     problems = [entry["message"] for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
     assert not problems
+
+
+# A number on the wide pad, in its units (0..1 of its width and of its height).
+NUMBER = {
+    "17": [[(0.335, 0.25), (0.36, 0.16), (0.36, 0.84)],
+           [(0.47, 0.18), (0.64, 0.18), (0.56, 0.50), (0.51, 0.84)]],
+    "402": [[(0.30, 0.16), (0.25, 0.60), (0.38, 0.60)], [(0.35, 0.30), (0.35, 0.84)],
+            [(0.50 + 0.06 * math.sin(t / 24 * 2 * math.pi), 0.50 - 0.34 * math.cos(t / 24 * 2 * math.pi))
+             for t in range(25)],
+            [(0.64, 0.30), (0.69, 0.17), (0.75, 0.30), (0.64, 0.84), (0.78, 0.84)]],
+}
+
+
+def draw_wide(driver, element_id, strokes, kind=interaction.POINTER_MOUSE):
+    """Draw strokes on a canvas that need not be square (points in 0..1 of its width and height)."""
+    canvas = driver.find_element(By.ID, element_id)
+    width, height = canvas.size["width"], canvas.size["height"]
+    builder = ActionBuilder(driver, mouse=PointerInput(kind, kind), duration=5)
+    pointer = builder.pointer_action
+    for stroke in strokes:
+        points = [(round((x - 0.5) * width), round((y - 0.5) * height)) for x, y in stroke]
+        pointer.move_to(canvas, *points[0])
+        pointer.pointer_down()
+        for (x0, y0), (x1, y1) in zip(points, points[1:]):
+            steps = max(1, round(max(abs(x1 - x0), abs(y1 - y0)) / 12))
+            for i in range(1, steps + 1):
+                pointer.move_to(canvas, x0 + (x1 - x0) * i // steps, y0 + (y1 - y0) * i // steps)
+        pointer.pointer_up()
+    builder.perform()
+
+
+def wait_for_number(driver, timeout=20):
+    """Wait until the number reader shows the answer to its latest request; return (state, text)."""
+    def settled(d):
+        return d.execute_script(
+            "const r = document.getElementById('number-result');"
+            "return r.dataset.state !== 'empty' && r.dataset.busy === 'false'"
+            " ? [r.dataset.state, document.getElementById('number-text').textContent] : null;")
+    return tuple(WebDriverWait(driver, timeout, poll_frequency=0.05).until(settled))
+
+
+@pytest.mark.parametrize("text", sorted(NUMBER))
+def test_a_written_number_is_read_with_a_box_per_digit(browser, server_url, text, tmp_path):
+    browser.get(server_url)
+    pad = browser.find_element(By.ID, "number-pad")
+    assert pad.size["width"] > 2.5 * pad.size["height"]  # the wide pad
+    draw_wide(browser, "number-pad", NUMBER[text])
+    assert wait_for_number(browser) == ("done", text)
+    listed = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#number-digits li")]
+    assert [item.split(" ")[0] for item in listed] == list(text) and all("%" in item for item in listed)
+    # the boxes are drawn over the pad: blue (or red, unsure) pixels in each digit's part of it
+    columns = browser.execute_script(
+        "const c = document.getElementById('number-boxes');"
+        "const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "const seen = new Array(10).fill(0);"
+        "for (let i = 3; i < data.length; i += 4) if (data[i] > 0) seen[Math.floor(((i - 3) / 4 % c.width) * 10 / c.width)]++;"
+        "return seen;")
+    inked = [i for i, count in enumerate(columns) if count]
+    assert inked and min(inked) >= 1 and max(inked) <= 8 and len(inked) >= len(text)
+    announced = browser.find_element(By.ID, "number-announce").get_attribute("textContent")
+    assert announced == "Read the number " + " ".join(text) + "."
+    browser.save_screenshot(str(tmp_path / f"number-{text}.png"))
+    if text == "402" and os.environ.get("DIGIT_APP_NUMBER_SCREENSHOT"):
+        browser.execute_script("document.getElementById('number-heading').scrollIntoView()")
+        browser.save_screenshot(os.environ["DIGIT_APP_NUMBER_SCREENSHOT"])
+    browser.find_element(By.ID, "number-clear").click()
+    assert browser.find_element(By.ID, "number-text").text == "–"
+    assert browser.execute_script(
+        "const c = document.getElementById('number-boxes');"
+        "return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v > 0);") is False
+
+
+def test_number_reader_says_when_there_is_no_number(browser, server_url, tmp_path):
+    browser.get(server_url)
+    blank = tmp_path / "blank-wide.png"
+    Image.new("RGB", (600, 180), "white").save(blank)
+    browser.find_element(By.ID, "number-file").send_keys(str(blank))
+    assert wait_for_number(browser) == ("error", "?")
+    assert "no number found" in browser.find_element(By.ID, "number-message").text.lower()

@@ -1,0 +1,292 @@
+"""Accuracy of read_number() on whole numbers composed of MNIST test digits, per condition.
+
+    python -m bench.number_accuracy --data ../shared/data/mnist.npz
+    python -m bench.number_accuracy --data ../shared/data/mnist.npz --tune     # choose the scoring
+    python -m bench.number_accuracy --data ../shared/data/mnist.npz --examples docs/number_examples.png
+
+Renders `count` numbers of 2-8 MNIST *test* digits under each condition of
+tests/realistic_numbers.py (a third of them with one touching pair), reads each
+from its file's bytes through inference.read_number() and prints a Markdown table:
+whole-number accuracy for numbers with all digits apart and with a touching pair,
+and per-digit accuracy (digits in the right place, by edit distance). Then the
+single-digit check: read_number() against predict() on the single-digit realistic
+set. Then the time read_number() takes for a 6-digit photo of about 1 MP (median of
+several calls; a wall-clock time, as noisy as the machine).
+
+--tune chooses number.Scoring on numbers composed of the last 10,000 MNIST
+*training* digits (never the test digits): the candidates of each number are
+classified once, then the scoring terms are searched one at a time.
+"""
+
+import argparse
+import collections
+import io
+import statistics
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+import data
+import inference
+import number
+from tests.realistic import CONDITIONS, generate, photo_of_paper
+from tests.realistic_numbers import NUMBER_CONDITIONS, compose_number, generate_numbers
+
+TUNING_DIGITS = 10_000  # the last of the training set: what --tune composes numbers from
+TIMING_CALLS = 15
+TIMING_PIXELS = 1_000_000
+
+
+class Tally:
+    """Counts for one condition."""
+
+    def __init__(self):
+        self.apart, self.apart_right, self.touching, self.touching_right = 0, 0, 0, 0
+        self.digits, self.digits_right = 0, 0
+
+    def add(self, truth, read, touching):
+        if touching is None:
+            self.apart += 1
+            self.apart_right += read == truth
+        else:
+            self.touching += 1
+            self.touching_right += read == truth
+        self.digits += len(truth)
+        self.digits_right += max(0, len(truth) - edit_distance(read, truth))
+
+    def merge(self, other):
+        for key, value in vars(other).items():
+            setattr(self, key, getattr(self, key) + value)
+
+
+def edit_distance(a, b):
+    """Levenshtein distance: digits missing, extra or wrong."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]
+
+
+def read_text(data_bytes, classifier):
+    try:
+        return number.read(data_bytes, classifier).text
+    except inference.ImageError:
+        return ""
+
+
+def number_table(x, y, count, classifier, seed):
+    """{condition: Tally} for `count` numbers per condition."""
+    tallies = {name: Tally() for name in NUMBER_CONDITIONS}
+    for sample in generate_numbers(x, y, count=count, seed=seed):
+        tallies[sample.condition].add(sample.text, read_text(sample.file(), classifier), sample.touching)
+    return tallies
+
+
+def share(right, total):
+    return f"{right / total:.1%}" if total else "-"
+
+
+def print_table(tallies, count, seed):
+    print(f"| condition ({count} numbers of 2-8 MNIST test digits each, seed {seed}) "
+          "| all digits apart | one touching pair | per digit |")
+    print("|---|---:|---:|---:|")
+    total = Tally()
+    for name, tally in tallies.items():
+        total.merge(tally)
+        print(f"| {name} | {share(tally.apart_right, tally.apart)} ({tally.apart}) "
+              f"| {share(tally.touching_right, tally.touching)} ({tally.touching}) "
+              f"| {share(tally.digits_right, tally.digits)} |")
+    print(f"| **overall** ({total.apart + total.touching} numbers, {total.digits} digits) "
+          f"| **{share(total.apart_right, total.apart)}** | **{share(total.touching_right, total.touching)}** "
+          f"| **{share(total.digits_right, total.digits)}** |")
+
+
+def file_bytes(image):
+    """A rendered image as its file: the JPEG's own bytes, anything else as PNG."""
+    if image.format == "JPEG":
+        return image.fp.getvalue()
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def single_digit_agreement(x, y, count, classifier, seed):
+    """(agreeing, total, {condition: disagreements}): read_number() against predict() on single digits."""
+    agree, total, differ = 0, 0, collections.Counter()
+    for sample in generate(x, y, per_condition=count, seed=seed):
+        source = file_bytes(sample.image)
+        try:
+            expected = str(inference.predict(source, model=classifier).digit)
+        except inference.NoDigitError:
+            expected = ""
+        same = read_text(source, classifier) == expected
+        agree += same
+        total += 1
+        differ[sample.condition] += not same
+    return agree, total, differ
+
+
+def timing_photo(x, y, seed):
+    """A phone photo (JPEG) of a 6-digit number of about 1 MP, and its text."""
+    rng = np.random.default_rng([seed, 6])
+    shape, text = compose_number(x, y, rng, touching=False, length=6)
+    shape.max_aspect = 4 / 3  # a photo of a sheet with the number written on it, not a crop of the number
+    image = photo_of_paper(shape, rng)
+    scale = (TIMING_PIXELS / (image.width * image.height)) ** 0.5
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue(), text, image.size
+
+
+def time_reading(x, y, classifier, seed):
+    photo, text, size = timing_photo(x, y, seed)
+    read_text(photo, classifier)  # warm: the model's interpreters are made on first use
+    seconds = []
+    for _ in range(TIMING_CALLS):
+        start = time.perf_counter()
+        read = read_text(photo, classifier)
+        seconds.append(time.perf_counter() - start)
+    print(f"\nread_number() on a 6-digit photo, {size[0]}x{size[1]} JPEG ({size[0] * size[1] / 1e6:.2f} MP), "
+          f"read as {read!r} (written {text!r}): median {1000 * statistics.median(seconds):.0f} ms, "
+          f"min {1000 * min(seconds):.0f} ms over {TIMING_CALLS} calls (wall clock, this machine's noise included)")
+
+
+def write_examples(x, y, path, classifier, seed):
+    """One number per condition, each with the boxes and the reading read_number() gives it."""
+    from PIL import ImageDraw, ImageOps
+
+    tile_w, tile_h, label_h, columns = 300, 100, 14, 3
+    samples = list(generate_numbers(x, y, count=1, seed=seed + 7, touching_share=0.4))
+    rows = -(-len(samples) // columns)
+    sheet = Image.new("RGB", (columns * tile_w, rows * (tile_h + 2 * label_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, sample in enumerate(samples):
+        left, top = (i % columns) * tile_w, (i // columns) * (tile_h + 2 * label_h)
+        picture = sample.image.convert("RGBA")
+        checker = Image.new("RGBA", picture.size, (200, 200, 200, 255))  # shows transparency
+        shown = Image.alpha_composite(checker, picture).convert("RGB")
+        shown = ImageOps.exif_transpose(shown) if sample.image.getexif().get(0x0112) else shown
+        try:
+            reading = number.read(sample.file(), classifier)
+        except inference.ImageError:
+            reading = None
+        scale = min((tile_w - 6) / shown.width, tile_h / shown.height)
+        small = shown.resize((max(1, round(shown.width * scale)), max(1, round(shown.height * scale))), Image.LANCZOS)
+        x0, y0 = left + (tile_w - small.width) // 2, top + label_h
+        sheet.paste(small, (x0, y0))
+        for digit in (reading.digits if reading else ()):
+            bx0, by0, bx1, by1 = (round(v * scale) for v in digit.box)
+            draw.rectangle([x0 + bx0, y0 + by0, x0 + bx1, y0 + by1], outline=(31, 111, 235))
+        draw.text((left + 3, top + 1), sample.condition[:44], fill="black")
+        verdict = "right" if reading and reading.text == sample.text else "WRONG"
+        touching = ", touching pair" if sample.touching is not None else ""
+        draw.text((left + 3, top + label_h + tile_h), f"{sample.text}{touching}: read "
+                  f"{reading.text if reading else '(nothing)'} ({verdict})", fill="black")
+    sheet.save(path, optimize=True)
+
+
+# ----------------------------------------------------------------------------- --tune
+
+def cached_proposals(x, y, count, classifier, seed):
+    """(text, touching, Proposal without pixels) per number: what the scoring chooses from."""
+    cached = []
+    for sample in generate_numbers(x, y, count=count, seed=seed):
+        try:
+            _, found, _ = number.locate(sample.file())
+        except inference.ImageError:
+            found = None
+        proposal = number.propose(found, classifier) if found is not None else None
+        if proposal is not None:
+            proposal = proposal._replace(atoms=[a._replace(rows=None, cols=None) for a in proposal.atoms], images=None)
+        cached.append((sample.text, sample.touching, proposal))
+    return cached
+
+
+def score(cached, scoring):
+    """(apart right, touching right): shares of numbers read right with this scoring."""
+    right, total = [0, 0], [0, 0]
+    for text, touching, proposal in cached:
+        read = ""
+        if proposal is not None:
+            read = "".join(str(proposal.probabilities[i].argmax()) for i in number.best_split(proposal, scoring))
+        kind = touching is not None
+        right[kind] += read == text
+        total[kind] += 1
+    return right[0] / max(total[0], 1), right[1] / max(total[1], 1)
+
+
+def objective(shares):
+    apart, touching = shares
+    return 2 / 3 * apart + 1 / 3 * touching  # two thirds of the numbers have all digits apart
+
+
+def tune(cached, start, rounds=4):
+    """Coordinate search: each term of the Scoring in turn, up and down in growing steps."""
+    best, best_shares = start, score(cached, start)
+    print(f"start: apart {best_shares[0]:.1%}, touching {best_shares[1]:.1%}  {best}")
+    steps = dict(digit_bonus=0.2, cut_cost=0.2, part_cost=0.2, short_cost=4.0, wide_cost=0.5, wide_one_cost=0.5,
+                 margin_weight=0.1, join_cost=0.3, skip_cost=0.5)
+    signed = {"digit_bonus", "margin_weight"}
+    for round_ in range(rounds):
+        improved = False
+        for key, step in steps.items():
+            for direction in (1, -1):
+                for multiple in (1, 2, 4):
+                    trial = best._replace(**{key: round(getattr(best, key) + direction * multiple * step, 4)})
+                    if key not in signed and getattr(trial, key) < 0:
+                        continue
+                    shares = score(cached, trial)
+                    if objective(shares) > objective(best_shares) + 1e-9:
+                        best, best_shares, improved = trial, shares, True
+        print(f"round {round_ + 1}: apart {best_shares[0]:.1%}, touching {best_shares[1]:.1%}  {best}")
+        if not improved:
+            break
+    return best
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", default=None, help="MNIST .npz or IDX folder (default: the Keras download)")
+    parser.add_argument("--count", type=int, default=100, help="numbers per condition")
+    parser.add_argument("--single", type=int, default=100, help="single digits per condition for the agreement check")
+    parser.add_argument("--model", default=str(inference.DEFAULT_MODEL), help="a .tflite or .keras model")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the renderings")
+    parser.add_argument("--tune", action="store_true",
+                        help=f"choose the scoring on numbers of the last {TUNING_DIGITS:,} training digits")
+    parser.add_argument("--examples", metavar="OUT.png", help="only draw one number per condition with its reading")
+    parser.add_argument("--no-timing", action="store_true", help="leave out the timing")
+    args = parser.parse_args(argv)
+
+    (x_train, y_train), (x, y) = data.load_mnist(args.data)
+    classifier = inference.get_classifier(args.model)
+    if args.tune:
+        cached = cached_proposals(x_train[-TUNING_DIGITS:], y_train[-TUNING_DIGITS:], args.count, classifier,
+                                  args.seed + 1)
+        print(f"chosen: {tune(cached, number.SCORING)}")
+        return
+    if args.examples:
+        write_examples(x, y, args.examples, classifier, args.seed)
+        return
+    start = time.perf_counter()
+    tallies = number_table(x, y, args.count, classifier, args.seed)
+    seconds = time.perf_counter() - start
+    print_table(tallies, args.count, args.seed)
+    total = sum(t.apart + t.touching for t in tallies.values())
+    print(f"\n{total} numbers in {seconds:.0f} s ({1000 * seconds / total:.0f} ms each, rendering included)")
+    agree, count, differ = single_digit_agreement(x, y, args.single, classifier, args.seed)
+    worst = ", ".join(f"{name}: {n}" for name, n in differ.most_common(3) if n)
+    print(f"\nsingle digits ({args.single} MNIST test digits x {len(CONDITIONS)} conditions): read_number() gives "
+          f"predict()'s digit on {agree}/{count} = {agree / count:.2%}" + (f" (differ most: {worst})" if worst else ""))
+    if not args.no_timing:
+        time_reading(x, y, classifier, args.seed)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
