@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 import bulk
+import test_hostile
 from conftest import ROOT
 
 BULK = ROOT / "bulk.py"
@@ -42,7 +43,8 @@ def ray_installed():
 @pytest.fixture(scope="module")
 def images(tmp_path_factory, small_mnist):
     """A folder of 400 real MNIST digits as PNGs, 30 as dark-on-light drawings, 20 as colour JPEGs,
-    bad files, and a subfolder with a blank page, a truncated PNG, a FIFO and a broken link."""
+    bad files, a subfolder with a blank page, a truncated PNG, a FIFO and a broken link, and one
+    with every file of tests/test_hostile.py's catalogue."""
     folder = tmp_path_factory.mktemp("bulk-images")
     digits = np.concatenate([small_mnist["x_train"], small_mnist["x_test"]])
     for i, digit in enumerate(digits):
@@ -61,6 +63,10 @@ def images(tmp_path_factory, small_mnist):
     (special / "truncated.png").write_bytes((folder / "mnist_000.png").read_bytes()[:60])
     (special / "missing.png").symlink_to(special / "nowhere.png")
     os.mkfifo(special / "pipe.png")
+    hostile = folder / "hostile"
+    hostile.mkdir()
+    for name, (build, _) in test_hostile.FILE_CASES.items():
+        (hostile / name).write_bytes(build())
     return folder
 
 
@@ -122,13 +128,14 @@ def test_parquet_rows_match_the_cli_row_by_row(parquet_run, images):
     table = parquet.read_table(out)
     assert table.schema.names == ["path", "digit", "confidence", "probabilities", "error"]
     ours, cli = table.to_pylist(), cli_rows(images, "--recursive")
-    assert len(ours) == len(cli) == 400 + 30 + 20 + len(BAD_FILES) + 4
+    assert len(ours) == len(cli) == 400 + 30 + 20 + len(BAD_FILES) + 4 + len(test_hostile.FILE_CASES)
     for cli_row, row in zip(cli, ours):  # the same order too: the CLI's
         assert_same_row(cli_row, row)
-    failed = {os.path.basename(row["path"]) for row in ours if row["error"]}
+    failed = {os.path.basename(row["path"]) for row in ours if row["error"] and "/hostile/" not in row["path"]}
     assert failed == set(BAD_FILES) | {"blank.png", "truncated.png", "missing.png", "pipe.png"}
     summary = result.stderr.strip().splitlines()[-1]
-    assert summary.startswith(f"{len(ours)} images, {len(failed)} errors") and str(out) in summary
+    errors = sum(row["error"] is not None for row in ours)
+    assert summary.startswith(f"{len(ours)} images, {errors} errors") and str(out) in summary
     assert "Traceback" not in result.stderr and " INFO " not in result.stderr
 
 
