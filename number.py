@@ -731,7 +731,7 @@ def make_atoms(kept, strokes, slant, height):
             atoms.append(make_atom(piece.rows, piece.cols, x, index, 0.0, 0))
             parts[index] = (1, set())
             continue
-        cuts = cut_positions(piece, x, strokes, height)
+        cuts = nonempty(cut_positions(piece, x, strokes, height), x)
         edges = [-np.inf] + [c.position for c in cuts] + [np.inf]
         costs = [0.0] + [c.crossings for c in cuts]
         count = 0
@@ -777,6 +777,18 @@ def cut_positions(piece, x, strokes, height):
         runs = 1 + int(np.count_nonzero(np.diff(crossing) > 1)) if crossing.size else 0
         cuts.append(Cut(float(x.min() + column), float(runs), thinnest))
     return cuts[:MAX_CUTS]
+
+
+def nonempty(cuts, x):
+    """The cuts that leave ink on both sides of them, between their neighbours."""
+    kept, previous = [], -np.inf
+    for cut in cuts:
+        if np.any((x >= previous) & (x < cut.position)):
+            kept.append(cut)
+            previous = cut.position
+    while kept and not np.any(x >= kept[-1].position):
+        kept.pop()
+    return kept
 
 
 def piece_parts(cuts, width, height):
