@@ -84,20 +84,21 @@ NARROW_ONE = 0.35  # of the digit height: a 1 wider than this may be a 1 and a p
 
 
 class Scoring(NamedTuple):
-    """How a split into digits is scored: per digit, its log probability plus these terms.
+    """How a split into digits is scored: per digit, its log probability plus these weights
+    times its terms (candidate_features), in this order; skip_cost is the DP's own.
 
     Chosen on numbers composed of MNIST *training* digits (python -m bench.number_accuracy --tune).
     """
 
-    digit_bonus: float = 0.1  # per digit: how readily a wide piece is split
-    cut_cost: float = 0.5  # per stroke a cut between two digits goes through
-    part_cost: float = 0.0  # per end of a digit that is a cut (a digit made of part of a piece)
-    short_cost: float = 28.0  # per digit height a digit is shorter than SHORT (fragments are short)
-    wide_cost: float = 1.0  # per digit height a digit is wider than WIDE_DIGIT (pairs are wide)
-    wide_one_cost: float = 0.0  # per digit height a 1 is wider than NARROW_ONE
-    margin_weight: float = 0.1  # times the log ratio of the top two probabilities
-    join_cost: float = 0.0  # per digit-tall piece joined to another into one digit
-    skip_cost: float = 0.5  # for leaving out an atom shorter than SHORT (a speck, a stray mark)
+    digit_bonus: float = -0.738  # per digit: how readily a wide piece is split
+    cut_cost: float = 0.646  # per stroke a cut between two digits goes through
+    part_cost: float = 0.591  # per end of a digit that is a cut (a digit made of part of a piece)
+    short_cost: float = 27.973  # per digit height a digit is shorter than SHORT (fragments are short)
+    wide_cost: float = 3.172  # per digit height a digit is wider than WIDE_DIGIT (pairs are wide)
+    wide_one_cost: float = 0.308  # per digit height a 1 is wider than NARROW_ONE
+    margin_weight: float = 0.493  # times the log ratio of the top two probabilities
+    join_cost: float = 0.634  # per digit-tall piece joined to another into one digit
+    skip_cost: float = 0.598  # for leaving out an atom shorter than SHORT (a speck, a stray mark)
 
 
 SCORING = Scoring()
@@ -864,19 +865,25 @@ def is_digit_run(group, parts):
     return partial <= 1
 
 
-def candidate_score(atoms, candidate, probabilities, scoring):
-    """A candidate digit's score: its log probability and the Scoring's terms."""
+def candidate_features(atoms, candidate, probabilities):
+    """A candidate digit's terms, in the order of Scoring's weights (costs negative):
+    (1 per digit, strokes cut at its left, ends that are cuts, shortness, wideness, a wide 1's
+    wideness, log ratio of its top two probabilities, digit-tall pieces joined)."""
     top_two = np.sort(probabilities)[-2:]
-    digit = int(probabilities.argmax())
     cut_left = atoms[candidate.start].cut
     cut_right = atoms[candidate.stop].cut if candidate.stop < len(atoms) else 0.0
-    return (math.log(max(float(top_two[1]), 1e-6)) + scoring.digit_bonus
-            + scoring.margin_weight * math.log(max(float(top_two[1]), 1e-6) / max(float(top_two[0]), 1e-6))
-            - scoring.cut_cost * cut_left - scoring.part_cost * ((cut_left > 0) + (cut_right > 0))
-            - scoring.short_cost * max(0.0, SHORT - candidate.height)
-            - scoring.wide_cost * max(0.0, candidate.width - WIDE_DIGIT)
-            - scoring.wide_one_cost * (digit == 1) * max(0.0, candidate.width - NARROW_ONE)
-            - scoring.join_cost * candidate.joins)
+    return np.array([1.0, -cut_left, -float((cut_left > 0) + (cut_right > 0)),
+                     -max(0.0, SHORT - candidate.height), -max(0.0, candidate.width - WIDE_DIGIT),
+                     -float(probabilities.argmax() == 1) * max(0.0, candidate.width - NARROW_ONE),
+                     math.log(max(float(top_two[1]), 1e-6) / max(float(top_two[0]), 1e-6)),
+                     -float(candidate.joins)])
+
+
+def candidate_score(atoms, candidate, probabilities, scoring):
+    """A candidate digit's score: its log probability plus the Scoring's weights times its terms."""
+    weights = np.array(scoring[:-1])  # all but skip_cost
+    confidence = math.log(max(float(probabilities.max()), 1e-6))
+    return confidence + float(weights @ candidate_features(atoms, candidate, probabilities))
 
 
 def candidate_image(atoms, candidate, ink):

@@ -28,6 +28,19 @@ class Sample(NamedTuple):
     image: Image.Image
     label: int
 
+    def file(self):
+        return file_bytes(self.image)
+
+
+def file_bytes(image):
+    """A rendered image as the bytes of its file (a JPEG as rendered, anything else as PNG): what a
+    reader gets from a camera or a scanner, decoded from scratch at whatever size it needs."""
+    if image.format == "JPEG":  # opened from the rendered JPEG's own bytes, EXIF tag and all
+        return image.fp.getvalue()
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
 
 def load_digits(path=FIXTURE, split="test"):
     """Return (images, labels) of one split of a Keras-layout MNIST .npz."""

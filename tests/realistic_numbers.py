@@ -16,14 +16,13 @@ digits sit on a ruled line. Deterministic given the seed.
         sample.condition, sample.image, sample.text, sample.touching
 """
 
-import io
 from typing import List, NamedTuple, Optional
 
 import numpy as np
 from PIL import Image
 
-from tests.realistic import (CONDITIONS, Digit, add_noise, dark_ink, jpeg, lighting, paint, pen_mask, pen_width,
-                             pencil_mask, place, sizes, skeleton, to_image)
+from tests.realistic import (CONDITIONS, Digit, add_noise, dark_ink, file_bytes, jpeg, lighting, paint, pen_mask,
+                             pen_width, pencil_mask, place, sizes, skeleton, to_image)
 
 LENGTHS = (2, 8)  # digits per number, both included
 TOUCHING_SHARE = 1 / 3  # numbers with one touching pair
@@ -44,13 +43,7 @@ class NumberSample(NamedTuple):
     touching: Optional[int]  # the left digit of the touching pair, None when all are apart
 
     def file(self):
-        """The image as the bytes of its file (JPEG as rendered, anything else as PNG): what a
-        reader gets from a camera or a scanner, decoded from scratch at whatever size it needs."""
-        if self.image.format == "JPEG":  # opened from the rendered JPEG's bytes: those bytes
-            return self.image.fp.getvalue()
-        buffer = io.BytesIO()
-        self.image.save(buffer, "PNG")
-        return buffer.getvalue()
+        return file_bytes(self.image)
 
 
 class Layout(NamedTuple):
