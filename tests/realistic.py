@@ -150,6 +150,11 @@ class Digit(NamedTuple):
         """The scene's size for a digit `height`-ish tall: a digit fits any scene as it is."""
         return height, width
 
+    @property
+    def fit(self):
+        """The share of the asked-for height it is drawn at (a long number may be drawn smaller)."""
+        return 1.0
+
 
 # ----------------------------------------------------------------------------- scenes
 
@@ -264,7 +269,7 @@ def blurred(shape, rng):
     digit_h = rng.uniform(0.35, 0.75) * min(height, width)
     mask = shape.pen(digit_h, pen_width(rng, digit_h))
     image = to_image(paint(place(mask, (height, width), rng), dark_paper(rng), dark_ink(rng)))
-    return blur(image, rng.uniform(0.02, 0.05) * digit_h)
+    return blur(image, rng.uniform(0.02, 0.05) * digit_h * shape.fit)  # relative to the digits as drawn
 
 
 def noisy(shape, rng):

@@ -213,9 +213,10 @@ def ruled_paper(shape, rng):
     coverage = place(mask, (height, width), rng, margin=0.1)
     height, width = coverage.shape
     rows = np.flatnonzero(coverage.max(axis=1) > 0.5)
-    baseline = rows[-1] - rng.uniform(0.0, 0.12) * digit_h  # the strokes reach down to or across it
-    spacing = rng.uniform(1.3, 1.8) * digit_h
-    thickness = max(1.0, rng.uniform(0.02, 0.05) * digit_h)
+    baseline = rows[-1] - rng.uniform(0.0, 0.12) * digit_h * shape.fit  # strokes reach down to it or across
+    drawn = digit_h * shape.fit  # the digits' height as drawn
+    spacing = rng.uniform(1.3, 1.8) * drawn
+    thickness = max(1.0, rng.uniform(0.02, 0.05) * drawn)
     tilt = rng.uniform(-0.02, 0.02)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     distance = (y - baseline - tilt * (x - width / 2)) % spacing  # to the nearest line below
