@@ -67,6 +67,7 @@ VERTICAL_JOIN = 0.35  # digit heights: atoms further apart vertically never form
 STACKED_OVERLAP = 0.5  # pieces overlapping in x by this share of the narrower one...
 STACKED_APART = 0.3  # ...and in y by at most this share of the shorter one are one digit broken across
 STACKED_GAP = 0.3  # ...and no further apart than this share of the taller one
+STACKED_TALLEST = 1.3  # digit heights: pieces joined one above the other are no taller
 NEAR = 0.3  # digit heights: a small piece further from every digit is a mark, not part of one
 MAX_ATOMS = 14  # atoms one digit may be made of (slices of a cut piece count one each)
 MAX_WIDTH = 1.3  # digit heights: no candidate digit is wider
@@ -302,7 +303,7 @@ def find_number(ink) -> Optional[Found]:
             return None
     grown = [p for p in find_pieces(grow_edges(labels, ink > 0), strokes) if p.strokes]
     # junk never joins a digit: an edge's sliver above a digit would take the digit with it
-    found = merge_stacked([p for p in grown if not is_junk(p, strokes.shape, height)])
+    found = merge_stacked([p for p in grown if not is_junk(p, strokes.shape, height)], height)
     height = digit_height(found, strokes.shape)
     kept = number_pieces(found, strokes.shape, height) if height is not None else []
     return Found(ink, strokes, kept, height) if kept else None
@@ -624,9 +625,10 @@ def number_pieces(found, shape, height):
     return main_cluster(kept, height)
 
 
-def merge_stacked(found):
+def merge_stacked(found, height):
     """Join pieces that lie one above the other, close and overlapping in x: the parts of one
-    broken digit (a 5 and its bar, the loops of an 8), never two digits of a number on one line.
+    broken digit (a 5 and its bar, the loops of an 8), never two digits of a number on one line,
+    nor a digit and a mark above it (together taller than STACKED_TALLEST digit heights).
     Specks (under MIN_DIGIT) join nothing."""
     specks = [p for p in found if max(p.bottom - p.top, p.right - p.left) < MIN_DIGIT]
     found = sorted((p for p in found if max(p.bottom - p.top, p.right - p.left) >= MIN_DIGIT), key=lambda p: p.left)
@@ -643,8 +645,9 @@ def merge_stacked(found):
                 narrow = min(a.right - a.left, b.right - b.left)
                 short = min(a.bottom - a.top, b.bottom - b.top)
                 tall = max(a.bottom - a.top, b.bottom - b.top)
+                joined = max(a.bottom, b.bottom) - min(a.top, b.top)
                 if (overlap_x >= STACKED_OVERLAP * narrow and overlap_y <= STACKED_APART * short
-                        and -overlap_y <= STACKED_GAP * tall):
+                        and -overlap_y <= STACKED_GAP * tall and joined <= STACKED_TALLEST * height):
                     found[i] = merge(a, [b])
                     del found[j]
                     merged = True

@@ -267,12 +267,14 @@ def best_right_split(proposal, text, scoring):
 def tune(cached, start, epochs=6, rate=0.1, seed=0):
     """Choose the Scoring by an averaged structured perceptron: for each training number read
     wrong, move the weights towards the terms of the best split that reads it right and away
-    from those of the split chosen; the average of the weights over all steps is kept."""
+    from those of the split chosen. Each epoch's average of the weights is scored; the best
+    (two thirds all-apart accuracy, one third touching) is kept, `start` if none is better."""
     weights = np.array(start, np.float64)
     total, steps = np.zeros_like(weights), 0
     usable = [(text, proposal) for text, _, proposal in cached if proposal is not None]
     order = np.random.default_rng(seed)
-    print(f"start: apart {score(cached, start)[0]:.1%}, touching {score(cached, start)[1]:.1%}")
+    best, best_shares = start, score(cached, start)
+    print(f"start: apart {best_shares[0]:.1%}, touching {best_shares[1]:.1%}")
     for epoch in range(epochs):
         for index in order.permutation(len(usable)):
             text, proposal = usable[index]
@@ -287,9 +289,16 @@ def tune(cached, start, epochs=6, rate=0.1, seed=0):
             total += weights
             steps += 1
         average = number.Scoring(*(round(float(w), 3) for w in total / steps))
-        apart, touching = score(cached, average)
-        print(f"epoch {epoch + 1}: apart {apart:.1%}, touching {touching:.1%}  {average}")
-    return average
+        shares = score(cached, average)
+        print(f"epoch {epoch + 1}: apart {shares[0]:.1%}, touching {shares[1]:.1%}  {average}")
+        if objective(shares) > objective(best_shares):
+            best, best_shares = average, shares
+    return best  # the start itself, when no epoch reads more numbers right
+
+
+def objective(shares):
+    apart, touching = shares
+    return 2 / 3 * apart + 1 / 3 * touching  # two thirds of the numbers have all digits apart
 
 
 def main(argv=None):
