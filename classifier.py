@@ -2,6 +2,7 @@
 
     classifier = load_classifier("mnist_cnn_int8.tflite")
     classifier(images)  # N x 28 x 28 (or N x 28 x 28 x 1), 0-255 -> N x 10 float32
+    to_predictions(classifier(images))  # -> a Prediction (digit, confidence, probabilities) each
 
 A .tflite file runs on LiteRT (no TensorFlow), with as many threads as this process
 may use cores; a .keras file or a keras.Model runs on Keras (needs TensorFlow).

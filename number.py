@@ -67,11 +67,17 @@ VERTICAL_JOIN = 0.35  # digit heights: atoms further apart vertically never form
 STACKED_OVERLAP = 0.5  # pieces overlapping in x by this share of the narrower one...
 STACKED_APART = 0.3  # ...and in y by at most this share of the shorter one are one digit broken across
 STACKED_GAP = 0.3  # ...and no further apart than this share of the taller one
+STACKED_TALLEST = 1.3  # digit heights: pieces joined one above the other are no taller
 NEAR = 0.3  # digit heights: a small piece further from every digit is a mark, not part of one
-MAX_ATOMS = 4  # atoms one digit may be made of
+MAX_ATOMS = 14  # atoms one digit may be made of (slices of a cut piece count one each)
 MAX_WIDTH = 1.3  # digit heights: no candidate digit is wider
 JOIN_GAP = 0.12  # digit heights: atoms further apart (in x, along the slant) never form one digit
-CUT_SPACING = 0.3  # digit heights: cuts of a wide piece lie at least this far apart and from its ends
+MIN_PART = 0.2  # digit heights: no part cut off a wide piece is narrower
+CUT_STEP = 0.1  # digit heights: the columns tried across a wide piece's middle
+CUT_APART = 0.06  # digit heights: cuts closer together are one
+MAX_CUTS = 12  # per piece
+THREE_WIDE = 1.4  # digit heights: a piece this wide may hold three touching digits
+MAX_PIECES = 3  # pieces one digit may be written in
 WIDE = 0.8  # digit heights: a piece wider than this may hold several digits and gets cut
 SHORT = 0.7  # of the digit height: a shorter candidate is probably a fragment
 WIDE_DIGIT = 0.9  # of the digit height: a wider candidate may be two digits
@@ -79,20 +85,21 @@ NARROW_ONE = 0.35  # of the digit height: a 1 wider than this may be a 1 and a p
 
 
 class Scoring(NamedTuple):
-    """How a split into digits is scored: per digit, its log probability plus these terms.
+    """How a split into digits is scored: per digit, its log probability plus these weights
+    times its terms (candidate_features), in this order; skip_cost is the DP's own.
 
     Chosen on numbers composed of MNIST *training* digits (python -m bench.number_accuracy --tune).
     """
 
-    digit_bonus: float = 0.3  # per digit: how readily a wide piece is split
-    cut_cost: float = 0.5  # per stroke a cut between two digits goes through
-    part_cost: float = 0.0  # per end of a digit that is a cut (a digit made of part of a piece)
-    short_cost: float = 28.0  # per digit height a digit is shorter than SHORT (fragments are short)
-    wide_cost: float = 1.0  # per digit height a digit is wider than WIDE_DIGIT (pairs are wide)
-    wide_one_cost: float = 0.0  # per digit height a 1 is wider than NARROW_ONE
-    margin_weight: float = 0.1  # times the log ratio of the top two probabilities
-    join_cost: float = 0.0  # per digit-tall piece joined to another into one digit
-    skip_cost: float = 1.0  # for leaving out an atom shorter than SHORT (a speck, a stray mark)
+    digit_bonus: float = -0.738  # per digit: how readily a wide piece is split
+    cut_cost: float = 0.646  # per stroke a cut between two digits goes through
+    part_cost: float = 0.591  # per end of a digit that is a cut (a digit made of part of a piece)
+    short_cost: float = 27.973  # per digit height a digit is shorter than SHORT (fragments are short)
+    wide_cost: float = 3.172  # per digit height a digit is wider than WIDE_DIGIT (pairs are wide)
+    wide_one_cost: float = 0.308  # per digit height a 1 is wider than NARROW_ONE
+    margin_weight: float = 0.493  # times the log ratio of the top two probabilities
+    join_cost: float = 0.634  # per digit-tall piece joined to another into one digit
+    skip_cost: float = 0.598  # for leaving out an atom shorter than SHORT (a speck, a stray mark)
 
 
 SCORING = Scoring()
@@ -124,6 +131,7 @@ class Atom(NamedTuple):
     bottom: int  # exclusive
     piece: int  # the piece it is part of
     cut: float  # strokes the cut on its left goes through (0: no cut, a piece's own left end)
+    part: int  # which slice of its piece, left to right (0 for a piece not cut)
 
 
 class Candidate(NamedTuple):
@@ -293,7 +301,9 @@ def find_number(ink) -> Optional[Found]:
         height = digit_height(find_pieces(labels, strokes), strokes.shape)
         if height is None:
             return None
-    found = merge_stacked([p for p in find_pieces(grow_edges(labels, ink > 0), strokes) if p.strokes])
+    grown = [p for p in find_pieces(grow_edges(labels, ink > 0), strokes) if p.strokes]
+    # junk never joins a digit: an edge's sliver above a digit would take the digit with it
+    found = merge_stacked([p for p in grown if not is_junk(p, strokes.shape, height)], height)
     height = digit_height(found, strokes.shape)
     kept = number_pieces(found, strokes.shape, height) if height is not None else []
     return Found(ink, strokes, kept, height) if kept else None
@@ -325,8 +335,8 @@ def stroke_mask(ink):
 def propose(found: Found, classifier) -> Proposal:
     """The atoms of a number and every candidate digit, classified in one batch."""
     slant = estimate_slant(found.pieces, found.height)
-    atoms = make_atoms(found.pieces, found.strokes, slant, found.height)
-    candidates = list_candidates(atoms, found.height)
+    atoms, parts = make_atoms(found.pieces, found.strokes, slant, found.height)
+    candidates = list_candidates(atoms, parts, found.height)
     images = [candidate_image(atoms, c, found.ink) for c in candidates]
     probabilities = classifier(np.stack([image for image, _ in images]))
     return Proposal(atoms, candidates, images, probabilities, found.height)
@@ -615,9 +625,10 @@ def number_pieces(found, shape, height):
     return main_cluster(kept, height)
 
 
-def merge_stacked(found):
+def merge_stacked(found, height):
     """Join pieces that lie one above the other, close and overlapping in x: the parts of one
-    broken digit (a 5 and its bar, the loops of an 8), never two digits of a number on one line.
+    broken digit (a 5 and its bar, the loops of an 8), never two digits of a number on one line,
+    nor a digit and a mark above it (together taller than STACKED_TALLEST digit heights).
     Specks (under MIN_DIGIT) join nothing."""
     specks = [p for p in found if max(p.bottom - p.top, p.right - p.left) < MIN_DIGIT]
     found = sorted((p for p in found if max(p.bottom - p.top, p.right - p.left) >= MIN_DIGIT), key=lambda p: p.left)
@@ -634,8 +645,9 @@ def merge_stacked(found):
                 narrow = min(a.right - a.left, b.right - b.left)
                 short = min(a.bottom - a.top, b.bottom - b.top)
                 tall = max(a.bottom - a.top, b.bottom - b.top)
+                joined = max(a.bottom, b.bottom) - min(a.top, b.top)
                 if (overlap_x >= STACKED_OVERLAP * narrow and overlap_y <= STACKED_APART * short
-                        and -overlap_y <= STACKED_GAP * tall):
+                        and -overlap_y <= STACKED_GAP * tall and joined <= STACKED_TALLEST * height):
                     found[i] = merge(a, [b])
                     del found[j]
                     merged = True
@@ -708,63 +720,100 @@ def estimate_slant(kept, height):
 
 
 def make_atoms(kept, strokes, slant, height):
-    """Atoms in order along the line: each piece, wide pieces cut into parts along the slant."""
+    """Atoms in order along the line, and the parts each cut piece may be split into.
+
+    A piece no wider than WIDE digit heights (along the slant) is one atom. A wider one is
+    cut into slices at candidate columns (cut_positions); the runs of slices that may be a
+    digit are its parts: left of a cut, right of one, or between two of its thinnest.
+    Returns (atoms, {piece: (slice count, set of (first, stop) slice runs)}).
+    """
     base = max(p.bottom for p in kept)
-    atoms = []
+    atoms, parts = [], {}
     for index, piece in enumerate(kept):
         x = piece.cols - slant * (base - piece.rows)  # positions along the slant
         if x.max() - x.min() <= WIDE * height:
-            atoms.append(make_atom(piece.rows, piece.cols, x, index, 0.0))
+            atoms.append(make_atom(piece.rows, piece.cols, x, index, 0.0, 0))
+            parts[index] = (1, set())
             continue
-        cuts = cut_positions(piece, x, strokes, height)
-        edges = [-np.inf] + [position for position, _ in cuts] + [np.inf]
-        costs = [0.0] + [crossings for _, crossings in cuts]
+        cuts = nonempty(cut_positions(piece, x, strokes, height), x)
+        edges = [-np.inf] + [c.position for c in cuts] + [np.inf]
+        costs = [0.0] + [c.crossings for c in cuts]
+        count = 0
         for (low, high), cost in zip(zip(edges, edges[1:]), costs):
-            part = (x >= low) & (x < high)
-            if part.any():
-                atoms.append(make_atom(piece.rows[part], piece.cols[part], x[part], index, cost))
+            inside = (x >= low) & (x < high)
+            atoms.append(make_atom(piece.rows[inside], piece.cols[inside], x[inside], index, cost, count))
+            count += 1
+        parts[index] = (count, piece_parts(cuts, x.max() - x.min(), height))
     atoms.sort(key=lambda a: (a.left + a.right) / 2)
-    return atoms
+    return atoms, parts
 
 
-def make_atom(rows, cols, x, piece, cut):
-    return Atom(rows, cols, float(x.min()), float(x.max()) + 1, int(rows.min()), int(rows.max()) + 1, piece, cut)
+def make_atom(rows, cols, x, piece, cut, part):
+    return Atom(rows, cols, float(x.min()), float(x.max()) + 1, int(rows.min()), int(rows.max()) + 1, piece, cut, part)
+
+
+class Cut(NamedTuple):
+    position: float  # along the slant
+    crossings: float  # strokes the cut goes through
+    thinnest: bool  # a local minimum of the ink profile (else a column tried between them)
 
 
 def cut_positions(piece, x, strokes, height):
-    """Where to cut a wide piece: the thinnest columns of its ink profile along the slant.
-
-    Returns (position, strokes crossed) pairs, left to right: the lowest local minima of the
-    profile of stroke pixels, at most one per CUT_SPACING digit heights of width, that far
-    apart and from the ends.
-    """
+    """Where a wide piece may be cut, left to right: the local minima of its ink profile along
+    the slant (where two touching digits usually meet), and columns every CUT_STEP digit heights
+    across its middle (where they meet otherwise), no part narrower than MIN_PART."""
     on = strokes[piece.rows, piece.cols]
     columns = np.floor(x - x.min()).astype(np.int64)
     profile = np.bincount(columns[on], minlength=columns.max() + 1).astype(np.float64)
     smooth = np.convolve(profile, np.ones(3) / 3, mode="same")
-    spacing = max(2, int(CUT_SPACING * height))
-    wanted = max(1, int((x.max() - x.min()) / (CUT_SPACING * height)) - 1)
-    order = np.argsort(smooth[spacing:len(smooth) - spacing], kind="stable") + spacing
+    width = len(smooth)
+    margin = max(2, int(MIN_PART * height))
+    minima = [c for c in range(margin, width - margin) if is_local_minimum(smooth, c)]
+    step = max(1, int(CUT_STEP * height))
+    tried = list(range(int(0.3 * width), int(0.7 * width) + 1, step))
     chosen = []
-    for column in order.tolist():
-        if len(chosen) >= wanted:
-            break
-        if all(abs(column - c) >= spacing for c in chosen) and is_local_minimum(smooth, column):
-            chosen.append(column)
-    result = []
-    for column in sorted(chosen):
+    for column in sorted(minima, key=lambda c: smooth[c]) + tried:  # the thinnest first, the rest if apart
+        if all(abs(column - c) >= max(2, CUT_APART * height) for c, _ in chosen):
+            chosen.append((column, column in minima))
+    cuts = []
+    for column, thinnest in sorted(chosen):
         crossing = np.sort(piece.rows[on & (columns == column)])
         runs = 1 + int(np.count_nonzero(np.diff(crossing) > 1)) if crossing.size else 0
-        result.append((float(x.min() + column), float(runs)))
-    return result
+        cuts.append(Cut(float(x.min() + column), float(runs), thinnest))
+    return cuts[:MAX_CUTS]
+
+
+def nonempty(cuts, x):
+    """The cuts that leave ink on both sides of them, between their neighbours."""
+    kept, previous = [], -np.inf
+    for cut in cuts:
+        if np.any((x >= previous) & (x < cut.position)):
+            kept.append(cut)
+            previous = cut.position
+    while kept and not np.any(x >= kept[-1].position):
+        kept.pop()
+    return kept
+
+
+def piece_parts(cuts, width, height):
+    """The runs of slices (first, stop) a cut piece may be split into: left or right of any cut,
+    between two of its thinnest (a middle digit of three touching)."""
+    count = len(cuts) + 1
+    parts = {(0, k) for k in range(1, count)} | {(k, count) for k in range(1, count)}
+    if width >= THREE_WIDE * height:
+        thinnest = [k + 1 for k, c in enumerate(cuts) if c.thinnest]
+        parts |= {(a, b) for a in thinnest for b in thinnest if a < b}
+    return parts
 
 
 def is_local_minimum(profile, column):
     return profile[column] <= profile[max(0, column - 1)] and profile[column] <= profile[min(len(profile) - 1, column + 1)]
 
 
-def list_candidates(atoms, height):
-    """Every run of up to MAX_ATOMS neighbouring atoms that could be one digit, with its prior."""
+def list_candidates(atoms, parts, height):
+    """Every run of neighbouring atoms that could be one digit: whole pieces (up to MAX_PIECES of
+    them close together, a digit written in several strokes), or one part of a cut piece with
+    them. A whole piece is always one, however wide (a digit written wide)."""
     candidates = []
     for start in range(len(atoms)):
         left, right = atoms[start].left, atoms[start].right
@@ -772,8 +821,8 @@ def list_candidates(atoms, height):
         for stop in range(start + 1, min(len(atoms), start + MAX_ATOMS) + 1):
             atom = atoms[stop - 1]
             if stop > start + 1:
-                cut_apart = atom.cut > 0 and atom.piece == atoms[stop - 2].piece
-                if atom.left - right > JOIN_GAP * height and not cut_apart:
+                same_piece = atom.piece == atoms[stop - 2].piece
+                if atom.left - right > JOIN_GAP * height and not same_piece:
                     break  # too far from the rest to be part of the same digit
                 if max(atom.top - bottom, top - atom.bottom) > VERTICAL_JOIN * height:
                     break  # above or below the rest: a mark of its own
@@ -781,13 +830,13 @@ def list_candidates(atoms, height):
                 top, bottom = min(top, atom.top), max(bottom, atom.bottom)
             if right - left > MAX_WIDTH * height:
                 break
-            candidates.append(make_candidate(atoms, start, stop, height))
-    # a whole piece is always a candidate, however wide: one digit written wide
+            if is_digit_run(atoms[start:stop], parts):
+                candidates.append(make_candidate(atoms, start, stop, height))
     listed = {(c.start, c.stop) for c in candidates}
     for piece in {a.piece for a in atoms}:
         members = [i for i, a in enumerate(atoms) if a.piece == piece]
         span = (members[0], members[-1] + 1)
-        if span not in listed:
+        if span not in listed and is_digit_run(atoms[span[0]:span[1]], parts):
             candidates.append(make_candidate(atoms, *span, height))
     return candidates
 
@@ -800,19 +849,44 @@ def make_candidate(atoms, start, stop, height):
     return Candidate(start, stop, (bottom - top) / height, (right - left) / height, max(0, len(tall) - 1))
 
 
-def candidate_score(atoms, candidate, probabilities, scoring):
-    """A candidate digit's score: its log probability and the Scoring's terms."""
+def is_digit_run(group, parts):
+    """Whether these atoms may be one digit: whole pieces, at most one of them only a part of a cut piece."""
+    slices = {}
+    for atom in group:
+        slices.setdefault(atom.piece, []).append(atom.part)
+    if len(slices) > MAX_PIECES:
+        return False
+    partial = 0
+    for piece, taken in slices.items():
+        count, allowed = parts[piece]
+        if len(taken) == count:
+            continue
+        first, stop = min(taken), max(taken) + 1
+        if len(taken) != stop - first or (first, stop) not in allowed:
+            return False
+        partial += 1
+    return partial <= 1
+
+
+def candidate_features(atoms, candidate, probabilities):
+    """A candidate digit's terms, in the order of Scoring's weights (costs negative):
+    (1 per digit, strokes cut at its left, ends that are cuts, shortness, wideness, a wide 1's
+    wideness, log ratio of its top two probabilities, digit-tall pieces joined)."""
     top_two = np.sort(probabilities)[-2:]
-    digit = int(probabilities.argmax())
     cut_left = atoms[candidate.start].cut
     cut_right = atoms[candidate.stop].cut if candidate.stop < len(atoms) else 0.0
-    return (math.log(max(float(top_two[1]), 1e-6)) + scoring.digit_bonus
-            + scoring.margin_weight * math.log(max(float(top_two[1]), 1e-6) / max(float(top_two[0]), 1e-6))
-            - scoring.cut_cost * cut_left - scoring.part_cost * ((cut_left > 0) + (cut_right > 0))
-            - scoring.short_cost * max(0.0, SHORT - candidate.height)
-            - scoring.wide_cost * max(0.0, candidate.width - WIDE_DIGIT)
-            - scoring.wide_one_cost * (digit == 1) * max(0.0, candidate.width - NARROW_ONE)
-            - scoring.join_cost * candidate.joins)
+    return np.array([1.0, -cut_left, -float((cut_left > 0) + (cut_right > 0)),
+                     -max(0.0, SHORT - candidate.height), -max(0.0, candidate.width - WIDE_DIGIT),
+                     -float(probabilities.argmax() == 1) * max(0.0, candidate.width - NARROW_ONE),
+                     math.log(max(float(top_two[1]), 1e-6) / max(float(top_two[0]), 1e-6)),
+                     -float(candidate.joins)])
+
+
+def candidate_score(atoms, candidate, probabilities, scoring):
+    """A candidate digit's score: its log probability plus the Scoring's weights times its terms."""
+    weights = np.array(scoring[:-1])  # all but skip_cost
+    confidence = math.log(max(float(probabilities.max()), 1e-6))
+    return confidence + float(weights @ candidate_features(atoms, candidate, probabilities))
 
 
 def candidate_image(atoms, candidate, ink):

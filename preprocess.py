@@ -14,6 +14,10 @@ photo, scan or drawing (a Picture from decode.py), after the steps a real image 
 
 A digit that is already in MNIST's form (`mnist_form`) is kept as it is: refitting it
 would only resample it, and the check costs microseconds, for a whole batch at once.
+
+The steps come in two parts that number.py also uses for a whole number: ink_of (ink
+side, ink map, normalise: any picture's ink) and crop_to_mnist (fit and centre one
+digit's cropped ink).
 """
 
 from dataclasses import dataclass

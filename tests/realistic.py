@@ -28,6 +28,19 @@ class Sample(NamedTuple):
     image: Image.Image
     label: int
 
+    def file(self):
+        return file_bytes(self.image)
+
+
+def file_bytes(image):
+    """A rendered image as the bytes of its file (a JPEG as rendered, anything else as PNG): what a
+    reader gets from a camera or a scanner, decoded from scratch at whatever size it needs."""
+    if image.format == "JPEG":  # opened from the rendered JPEG's own bytes, EXIF tag and all
+        return image.fp.getvalue()
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
 
 def load_digits(path=FIXTURE, split="test"):
     """Return (images, labels) of one split of a Keras-layout MNIST .npz."""
@@ -136,6 +149,11 @@ class Digit(NamedTuple):
     def canvas(self, height, width):
         """The scene's size for a digit `height`-ish tall: a digit fits any scene as it is."""
         return height, width
+
+    @property
+    def fit(self):
+        """The share of the asked-for height it is drawn at (a long number may be drawn smaller)."""
+        return 1.0
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -251,7 +269,7 @@ def blurred(shape, rng):
     digit_h = rng.uniform(0.35, 0.75) * min(height, width)
     mask = shape.pen(digit_h, pen_width(rng, digit_h))
     image = to_image(paint(place(mask, (height, width), rng), dark_paper(rng), dark_ink(rng)))
-    return blur(image, rng.uniform(0.02, 0.05) * digit_h)
+    return blur(image, rng.uniform(0.02, 0.05) * digit_h * shape.fit)  # relative to the digits as drawn
 
 
 def noisy(shape, rng):

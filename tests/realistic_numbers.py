@@ -16,14 +16,13 @@ digits sit on a ruled line. Deterministic given the seed.
         sample.condition, sample.image, sample.text, sample.touching
 """
 
-import io
 from typing import List, NamedTuple, Optional
 
 import numpy as np
 from PIL import Image
 
-from tests.realistic import (CONDITIONS, Digit, add_noise, dark_ink, jpeg, lighting, paint, pen_mask, pen_width,
-                             pencil_mask, place, sizes, skeleton, to_image)
+from tests.realistic import (CONDITIONS, Digit, add_noise, dark_ink, file_bytes, jpeg, lighting, paint, pen_mask,
+                             pen_width, pencil_mask, place, sizes, skeleton, to_image)
 
 LENGTHS = (2, 8)  # digits per number, both included
 TOUCHING_SHARE = 1 / 3  # numbers with one touching pair
@@ -44,13 +43,7 @@ class NumberSample(NamedTuple):
     touching: Optional[int]  # the left digit of the touching pair, None when all are apart
 
     def file(self):
-        """The image as the bytes of its file (JPEG as rendered, anything else as PNG): what a
-        reader gets from a camera or a scanner, decoded from scratch at whatever size it needs."""
-        if self.image.format == "JPEG":  # opened from the rendered JPEG's bytes: those bytes
-            return self.image.fp.getvalue()
-        buffer = io.BytesIO()
-        self.image.save(buffer, "PNG")
-        return buffer.getvalue()
+        return file_bytes(self.image)
 
 
 class Layout(NamedTuple):
@@ -220,9 +213,10 @@ def ruled_paper(shape, rng):
     coverage = place(mask, (height, width), rng, margin=0.1)
     height, width = coverage.shape
     rows = np.flatnonzero(coverage.max(axis=1) > 0.5)
-    baseline = rows[-1] - rng.uniform(0.0, 0.12) * digit_h  # the strokes reach down to or across it
-    spacing = rng.uniform(1.3, 1.8) * digit_h
-    thickness = max(1.0, rng.uniform(0.02, 0.05) * digit_h)
+    baseline = rows[-1] - rng.uniform(0.0, 0.12) * digit_h * shape.fit  # strokes reach down to it or across
+    drawn = digit_h * shape.fit  # the digits' height as drawn
+    spacing = rng.uniform(1.3, 1.8) * drawn
+    thickness = max(1.0, rng.uniform(0.02, 0.05) * drawn)
     tilt = rng.uniform(-0.02, 0.02)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     distance = (y - baseline - tilt * (x - width / 2)) % spacing  # to the nearest line below
