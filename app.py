@@ -169,7 +169,7 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
             raise ApiError(400, NO_IMAGE)
         with upload_errors("no digit found: write or upload a number"):
             # the bytes, not a decoded picture: a small number is decoded again, larger
-            reading = inference.read_number(data, model_arg, name="the upload", max_pixels=MAX_PIXELS)
+            reading = inference.read_number(data, model_arg, name="the upload", **limits)
         return jsonify(number=reading.text, confidence=round(reading.confidence, 6),
                        digits=[{"digit": d.prediction.digit, "confidence": round(d.prediction.confidence, 6),
                                 "box": list(d.box), "probabilities": [round(p, 6) for p in d.prediction.probabilities]}

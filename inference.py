@@ -113,7 +113,8 @@ def predict_each(images, model=None, workers=None, traces=0) -> Iterator[Outcome
             yield Outcome(source, None if error else next(predictions), error, trace)
 
 
-def read_number(image, model=None, name=None, max_pixels=decode.MAX_PIXELS):
+def read_number(image, model=None, name=None, max_pixels=decode.MAX_PIXELS, max_megabytes=decode.MAX_DECODE_MB,
+                reserve=None):
     """Read a whole handwritten number (1 to about 12 digits on one line) in one image.
 
     The image is split into digits (number.py: connected pieces, broken digits joined,
@@ -125,7 +126,7 @@ def read_number(image, model=None, name=None, max_pixels=decode.MAX_PIXELS):
         image: what predict() takes for one image (a path, bytes, file, PIL image or array).
         model: as for predict().
         name: how error messages name the image (default: its path, or "the image").
-        max_pixels: an image whose header says it has more pixels raises ImageTooLargeError.
+        max_pixels, max_megabytes, reserve: decode.decode()'s limits, for every decoding of the image.
     Returns:
         a NumberReading: `text` (the digits, leading zeros kept), `digits` (a DigitReading
         per digit: its Prediction and its `box`, (x0, y0, x1, y1) in the image's own pixels,
@@ -133,7 +134,8 @@ def read_number(image, model=None, name=None, max_pixels=decode.MAX_PIXELS):
     Raises:
         UnreadableImageError or NoDigitError (both ImageError); ModelError.
     """
-    return number.read(image, get_classifier(model), name, max_pixels)
+    limits = dict(max_pixels=max_pixels, max_megabytes=max_megabytes, reserve=reserve)
+    return number.read(image, get_classifier(model), name, limits)
 
 
 def read_numbers(images, model=None):

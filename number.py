@@ -184,14 +184,14 @@ class NumberTrace:
     digits: list = field(default_factory=list)  # each digit's 28x28 model input, left to right
 
 
-def read(source, classifier, name=None, max_pixels=decode.MAX_PIXELS, trace=None) -> NumberReading:
+def read(source, classifier, name=None, limits=None, trace=None) -> NumberReading:
     """Read the number in one image.
 
     Args:
         source: anything decode.decode() takes (a path, bytes, file, PIL image, array or Picture).
         classifier: a batch of 28x28 images -> N x 10 probabilities (classifier.py).
         name: how messages name the input.
-        max_pixels: as for decode.decode().
+        limits: decode.decode()'s keyword limits (max_pixels, max_megabytes, reserve), for every decoding.
         trace: an optional NumberTrace that receives the decoded image and the digits' inputs.
     Raises:
         UnreadableImageError, or NoDigitError when no digit is found.
@@ -200,36 +200,38 @@ def read(source, classifier, name=None, max_pixels=decode.MAX_PIXELS, trace=None
         name = name or str(getattr(source, "filename", "") or getattr(source, "name", "") or "") or None
         source = source.read()  # a file is read once: a small number is decoded again, larger
     trace = NumberTrace() if trace is None else trace
-    picture, found, frame = locate(source, name, max_pixels)
+    limits = limits or {}
+    picture, found, frame = locate(source, name, limits)
     trace.input, trace.scale = picture.pixels, picture.scale()
     if picture.pixels.shape == (preprocess.SIZE, preprocess.SIZE) and preprocess.mnist_form(picture.pixels[None])[0]:
-        return read_single(source, picture, classifier, name, max_pixels, trace)  # one MNIST digit, as it is
+        return read_single(source, picture, classifier, name, limits, trace)  # one MNIST digit, as it is
     proposal = propose(found, classifier) if found is not None else None
     chosen = best_split(proposal) if proposal is not None else []
     if not chosen:
         raise NoDigitError(f"no digit found in {picture.name}")
     if len(chosen) == 1:
-        return read_single(source, picture, classifier, name, max_pixels, trace)
+        return read_single(source, picture, classifier, name, limits, trace)
     trace.digits = [proposal.images[i][0] for i in chosen]
     predictions = to_predictions(proposal.probabilities[chosen])
     return reading(predictions, [frame.box(*proposal.images[i][1]) for i in chosen])
 
 
-def locate(source, name=None, max_pixels=decode.MAX_PIXELS):
+def locate(source, name=None, limits=None):
     """Decode an image and find its number: (Picture, Found or None, Frame of the Found's ink map).
 
     A number whose digits come out smaller than SMALL_DIGITS is decoded again, larger,
     and only its part of the image is worked on.
     """
-    picture = decode.decode(source, name, max_pixels, short_side=SHORT_SIDE)
+    limits = limits or {}
+    picture = decode.decode(source, name, short_side=SHORT_SIDE, **limits)
     frame = whole(picture)
     found = find_number(preprocess.ink_of(picture))
     if found is not None and found.height < SMALL_DIGITS and not isinstance(source, Picture):
-        found, frame = zoom_in(source, picture, found, frame, name, max_pixels) or (found, frame)
+        found, frame = zoom_in(source, picture, found, frame, name, limits) or (found, frame)
     return picture, found, frame
 
 
-def zoom_in(source, picture, found, frame, name, max_pixels):
+def zoom_in(source, picture, found, frame, name, limits):
     """Decode the number's part of the image again, larger, when its digits came out small.
 
     Returns (Found, Frame) for the new picture, or None when the image has no more pixels.
@@ -238,7 +240,7 @@ def zoom_in(source, picture, found, frame, name, max_pixels):
     zoom = min(SMALL_DIGITS * 1.5 / found.height, frame.width / width, frame.height / height)
     if zoom < 1.25:
         return None
-    big = decode.decode(source, name, max_pixels, side=min(decode.STRIP_SIDE * 2, round(max(height, width) * zoom)))
+    big = decode.decode(source, name, **limits, side=min(decode.STRIP_SIDE * 2, round(max(height, width) * zoom)))
     ratio = big.pixels.shape[1] / width
     margin = found.height
     top = max(0, int((min(p.top for p in found.pieces) - margin) * ratio))
@@ -256,12 +258,12 @@ def zoom_in(source, picture, found, frame, name, max_pixels):
     return zoomed, frame._replace(left=left * scale_x, top=top * scale_y, scale_x=scale_x, scale_y=scale_y)
 
 
-def read_single(source, picture, classifier, name, max_pixels, trace):
+def read_single(source, picture, classifier, name, limits, trace):
     """One digit: the single-digit pipeline, on the picture predict() decodes."""
     height, width = picture.pixels.shape[:2]
     if not isinstance(source, Picture) and picture.size is not None and (
             decode.long_side(picture.size, (decode.WORK_SIDE, 0)) < max(height, width)):
-        picture = decode.decode(source, name, max_pixels)  # a wide strip: decoded at predict()'s size
+        picture = decode.decode(source, name, **limits)  # a wide strip: decoded at predict()'s size
     steps = preprocess.Trace()
     image = preprocess.to_mnist(picture, steps)
     box = steps.box or (0, picture.pixels.shape[0], 0, picture.pixels.shape[1])  # already MNIST: all of it
