@@ -160,12 +160,12 @@ def write_examples(x, y, path, classifier, seed):
     draw = ImageDraw.Draw(sheet)
     for i, sample in enumerate(samples):
         left, top = (i % columns) * tile_w, (i // columns) * (tile_h + 2 * label_h)
-        picture = sample.image.convert("RGBA")
+        source = sample.file()  # before the pixels are touched: a JPEG keeps its own bytes
+        picture = ImageOps.exif_transpose(sample.image).convert("RGBA")  # upright, as the boxes are
         checker = Image.new("RGBA", picture.size, (200, 200, 200, 255))  # shows transparency
         shown = Image.alpha_composite(checker, picture).convert("RGB")
-        shown = ImageOps.exif_transpose(shown) if sample.image.getexif().get(0x0112) else shown
         try:
-            reading = number.read(sample.file(), classifier)
+            reading = number.read(source, classifier)
         except inference.ImageError:
             reading = None
         scale = min((tile_w - 6) / shown.width, tile_h / shown.height)

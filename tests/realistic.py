@@ -35,10 +35,10 @@ class Sample(NamedTuple):
 def file_bytes(image):
     """A rendered image as the bytes of its file (a JPEG as rendered, anything else as PNG): what a
     reader gets from a camera or a scanner, decoded from scratch at whatever size it needs."""
-    if image.format == "JPEG":  # opened from the rendered JPEG's own bytes, EXIF tag and all
-        return image.fp.getvalue()
+    if image.format == "JPEG" and getattr(image, "fp", None) is not None:  # not loaded yet: the JPEG's
+        return image.fp.getvalue()  # own bytes, EXIF tag and all
     buffer = io.BytesIO()
-    image.save(buffer, "PNG")
+    image.save(buffer, "PNG", exif=image.getexif())
     return buffer.getvalue()
 
 
