@@ -5,7 +5,7 @@
 
 Run it from the repository root, as a module. The files: 28x28 PNGs of the MNIST test digits
 (the first 10,000, twice for 20,000: write_pngs repeats them) and photo-size JPEGs of them
-(tests/realistic.photo_of_paper, as bench.inference writes them), written once into --workdir.
+(synthetic/realistic.photo_of_paper, as bench.inference writes them), written once into --workdir.
 
 Each case runs as its own process, pinned with taskset to its cores: the CLI
 (`inference.py FOLDER --format csv`) on all --cores and on one core, and bulk.py with

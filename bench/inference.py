@@ -3,7 +3,7 @@
     python -m bench.inference --data ../shared/data/mnist.npz --baseline /tmp/baseline
 
 Run it from the repository root, as a module (it imports inference, data and
-tests.realistic from there). It prints one Markdown table: one digit as an array and
+synthetic.realistic from there). It prints one Markdown table: one digit as an array and
 as a PNG path, a batch of MNIST test arrays, a folder of MNIST PNGs and a folder of
 photo-size JPEGs through the command line, and a cold start. "The usual way" is what
 MNIST tutorials do: keras.saving.load_model("mnist_cnn.keras").predict(...).
@@ -37,7 +37,7 @@ from PIL import Image
 import data
 import inference
 from classifier import native_stderr_silenced
-from tests import realistic
+from synthetic import realistic
 
 # Set before any function can import Keras (lazily, below): TensorFlow stays quiet, and
 # every child process started here inherits it.
@@ -435,7 +435,7 @@ def build_rows(args, photo_mp, ours: Ours, current: Commands, keras: Optional[Ke
         Row(f"{n_photos} photo JPEGs ({PHOTO_SIDE} px long side), one CLI call (wall)", rate(current.photos),
             f"tutorial recipe (grey, resize to 28x28) + `predict`, in process: {rate(keras.photos)}" if keras else none,
             rate(before.photos) if before else dash,
-            notes(f"{photo_mp:.2f} MP on average, tests/realistic.photo_of_paper, JPEG quality {PHOTO_QUALITY}",
+            notes(f"{photo_mp:.2f} MP on average, synthetic/realistic.photo_of_paper, JPEG quality {PHOTO_QUALITY}",
                   keras and "Keras in process", *details(current.photos, before and before.photos))),
         Row(f"Cold CLI, one image (median of {args.cold_runs}): wall, peak RSS", cold(current.cold),
             f"fresh `python -c` script: import keras, load, predict: {cold(keras.cold)}" if keras else none,

@@ -5,7 +5,7 @@
     python -m bench.number_accuracy --data ../shared/data/mnist.npz --examples docs/number_examples.png
 
 Renders `count` numbers of 2-8 MNIST *test* digits under each condition of
-tests/realistic_numbers.py (a third of them with one touching pair), reads each
+synthetic/realistic_numbers.py (a third of them with one touching pair), reads each
 from its file's bytes through inference.read_number() and prints a Markdown table:
 whole-number accuracy for numbers with all digits apart and with a touching pair,
 and per-digit accuracy (digits in the right place, by edit distance). Then the
@@ -33,8 +33,8 @@ from PIL import Image
 import data
 import inference
 import number
-from tests.realistic import CONDITIONS, generate, photo_of_paper
-from tests.realistic_numbers import NUMBER_CONDITIONS, compose_number, generate_numbers
+from synthetic.realistic import CONDITIONS, generate, photo_of_paper
+from synthetic.realistic_numbers import NUMBER_CONDITIONS, compose_number, generate_numbers
 
 TUNING_DIGITS = 10_000  # the last of the training set: what --tune composes numbers from
 TIMING_CALLS = 15

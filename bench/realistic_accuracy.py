@@ -3,7 +3,7 @@
     python -m bench.realistic_accuracy --data ../shared/data/mnist.npz --count 500
 
 Renders `count` different MNIST test digits under each condition of
-tests/realistic.py (a photo, scan or drawing each), classifies them through
+synthetic/realistic.py (a photo, scan or drawing each), classifies them through
 inference.predict() (the full preprocessing) and prints a Markdown table. Then
 runs all 10,000 MNIST test images through predict() and, for comparison, the raw
 arrays straight into the model, which is what the model's own test accuracy means.
@@ -20,7 +20,7 @@ import data
 import decode
 import inference
 import preprocess
-from tests.realistic import CONDITIONS, generate
+from synthetic.realistic import CONDITIONS, generate
 
 BATCH = 256  # samples rendered, then classified together
 

@@ -15,8 +15,8 @@ import pieces
 from conftest import APP_MODEL, ROOT
 from errors import NoDigitError, UnreadableImageError
 from inference import DigitReading, NumberReading, Prediction, read_number
-from realistic import generate, load_digits
-from realistic_numbers import compose_number, generate_numbers
+from synthetic.realistic import generate, load_digits
+from synthetic.realistic_numbers import compose_number, generate_numbers
 
 X, Y = load_digits()  # the fixture's 100 MNIST test digits
 SAMPLES = ROOT / "sample_test_image"

@@ -13,7 +13,7 @@ import inference
 import pieces
 import preprocess
 from errors import ImageTooLargeError, NoDigitError, UnreadableImageError
-from realistic import CONDITIONS, generate, load_digits
+from synthetic.realistic import CONDITIONS, generate, load_digits
 
 X, Y = load_digits()
 DIGIT = X[3]  # any real MNIST test digit

@@ -5,11 +5,11 @@ chosen width onto paper of a chosen colour, size and lighting, then blurred,
 noised, JPEG-compressed, made transparent or shrunk, one condition at a time.
 Everything is deterministic given the seed.
 
-    from tests.realistic import CONDITIONS, load_digits, generate
+    from synthetic.realistic import CONDITIONS, load_digits, generate
     for sample in generate(*load_digits(), per_condition=10):
         sample.condition, sample.image, sample.label   # image: a PIL image
 
-A condition draws a shape: a Digit here, a whole number in tests/realistic_numbers.py.
+A condition draws a shape: a Digit here, a whole number in synthetic/realistic_numbers.py.
 """
 
 import io
@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-FIXTURE = Path(__file__).parent / "fixtures" / "mnist_small.npz"
+FIXTURE = Path(__file__).parent.parent / "tests" / "fixtures" / "mnist_small.npz"  # real digits, committed
 SUPERSAMPLE = 2  # pens are drawn at twice the size and averaged down: anti-aliased strokes
 
 

@@ -1,17 +1,17 @@
 """A realistic test set of whole numbers: 2-8 MNIST digits written on one line, as photos, scans and drawings.
 
 Each number is composed from MNIST digits (traced and redrawn with a pen, as in
-tests/realistic.py) with handwriting's irregularities: uneven gaps between the
+synthetic/realistic.py) with handwriting's irregularities: uneven gaps between the
 strokes, a baseline that wanders and tilts, digits of slightly different sizes, a
 slant shared by the whole number, now and then a digit broken where the pen
 lifted. A share of the numbers has one touching pair: two neighbours drawn so
 close that their strokes overlap, one connected piece of ink. The number is then
-rendered through every condition of tests/realistic.py (paper photo, canvas,
+rendered through every condition of synthetic/realistic.py (paper photo, canvas,
 thin and thick strokes, shadows, light on dark...) and on lined paper, where the
 digits sit on a ruled line. Deterministic given the seed.
 
-    from tests.realistic_numbers import generate_numbers
-    from tests.realistic import load_digits
+    from synthetic.realistic_numbers import generate_numbers
+    from synthetic.realistic import load_digits
     for sample in generate_numbers(*load_digits(), count=10):
         sample.condition, sample.image, sample.text, sample.touching
 """
@@ -21,7 +21,7 @@ from typing import List, NamedTuple, Optional
 import numpy as np
 from PIL import Image
 
-from tests.realistic import (CONDITIONS, Digit, add_noise, dark_ink, file_bytes, jpeg, lighting, paint, pen_mask,
+from synthetic.realistic import (CONDITIONS, Digit, add_noise, dark_ink, file_bytes, jpeg, lighting, paint, pen_mask,
                              pen_width, pencil_mask, place, sizes, skeleton, to_image)
 
 LENGTHS = (2, 8)  # digits per number, both included
@@ -56,7 +56,7 @@ class Layout(NamedTuple):
 
 
 class Number:
-    """Digits on one line, drawn like a Digit (pen, pencil, canvas) for the conditions of tests/realistic.py."""
+    """Digits on one line, drawn like a Digit (pen, pencil, canvas) for the conditions of synthetic/realistic.py."""
 
     def __init__(self, digits: List[Digit], layouts: List[Layout], touching: Optional[int], room=1.25):
         self.digits, self.layouts, self.touching, self.room = digits, layouts, touching, room
