@@ -160,7 +160,9 @@ def create_app(model_path=None, max_body_bytes=MAX_BODY_BYTES):
             prediction = inference.predict(picture, model=model_arg)
         return jsonify(digit=prediction.digit,
                        confidence=round(prediction.confidence, 6),
-                       probabilities=[round(p, 6) for p in prediction.probabilities])
+                       probabilities=[round(p, 6) for p in prediction.probabilities],
+                       is_digit=prediction.is_digit,
+                       digit_score=None if prediction.digit_score is None else round(prediction.digit_score, 6))
 
     @app.post("/api/read-number")
     def api_read_number():

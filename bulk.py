@@ -39,7 +39,7 @@ except ImportError:
 import decode
 import inference
 import parallel
-from classifier import Classifier, ModelError, cores, load_classifier
+from classifier import DETECTOR_FILE, DIGIT_THRESHOLD, Classifier, ModelError, cores, load_classifier
 from errors import ImageError, ImageTooLargeError, UnreadableImageError
 from preprocess import SIZE
 
@@ -278,7 +278,10 @@ class ClassifyFiles:
     def __init__(self, model):
         # The model's path is relative to this code's folder (where the working dir puts it on
         # every node) unless it was given outside it.
-        self.classifier = Classifier(inference.HERE / model, threads=1)
+        path = inference.HERE / model
+        self.classifier = Classifier(path, threads=1)
+        if (path.parent / DETECTOR_FILE).is_file():  # "not a digit", as predict() says it
+            self.classifier.detector = Classifier(path.parent / DETECTOR_FILE, threads=1, width=1)
 
     def __call__(self, batch):
         return output_rows(batch["path"], batch["image"], batch["error"], self.classifier)
@@ -288,22 +291,29 @@ def output_rows(paths, images, errors, classifier):
     """A pyarrow Table of the output schema; only the files without an error are classified."""
     good = np.array([not error for error in errors], bool)
     probabilities = np.zeros((len(paths), 10), np.float32)
+    scores = np.full(len(paths), np.nan, np.float32)  # null without a detector
     if good.any():
         probabilities[good] = classifier(images[good])
+        if classifier.detector is not None:
+            scores[good] = classifier.digit_scores(images[good])
     digits = probabilities.argmax(axis=1)
+    scored = good & ~np.isnan(scores)
     offsets = pa.array(np.arange(0, 10 * len(paths) + 1, 10, dtype=np.int32))
     return pa.table({
         "path": pa.array([str(path) for path in paths], pa.string()),
         "digit": pa.array(digits.astype(np.int8), mask=~good),
         "confidence": pa.array(probabilities[np.arange(len(paths)), digits], mask=~good),
         "probabilities": pa.ListArray.from_arrays(offsets, pa.array(probabilities.ravel()), mask=pa.array(~good)),
+        "is_digit": pa.array(scores >= DIGIT_THRESHOLD, mask=~scored),
+        "digit_score": pa.array(scores, mask=~scored),
         "error": pa.array([str(error) or None for error in errors], pa.string()),
     }, schema=output_schema())
 
 
 def output_schema():
     return pa.schema([("path", pa.string()), ("digit", pa.int8()), ("confidence", pa.float32()),
-                      ("probabilities", pa.list_(pa.float32())), ("error", pa.string())])
+                      ("probabilities", pa.list_(pa.float32())), ("is_digit", pa.bool_()), ("digit_score", pa.float32()),
+                      ("error", pa.string())])
 
 
 def build_dataset(files, model, cpus):
@@ -430,7 +440,7 @@ def table_writer(output, stream):
 
 
 class CsvWriter:
-    """The CLI's CSV columns (path, digit, confidence, p0..p9, error), values at full precision."""
+    """The CLI's CSV columns (path, digit, confidence, p0..p9, is_digit, digit_score, error), at full precision."""
 
     def __init__(self, stream):
         self.stream, self.writer = stream, None
@@ -440,7 +450,8 @@ class CsvWriter:
         flat = pa.table({"path": table.column("path"), "digit": table.column("digit"),
                          "confidence": table.column("confidence"),
                          **{f"p{d}": pc.list_element(probabilities, d) for d in range(10)},
-                         "error": table.column("error")})
+                         "is_digit": pc.cast(table.column("is_digit"), pa.int8()),
+                         "digit_score": table.column("digit_score"), "error": table.column("error")})
         if self.writer is None:
             self.writer = arrow_csv.CSVWriter(self.stream, flat.schema)
         self.writer.write_table(flat)

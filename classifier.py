@@ -2,10 +2,13 @@
 
     classifier = load_classifier("mnist_cnn_int8.tflite")
     classifier(images)  # N x 28 x 28 (or N x 28 x 28 x 1), 0-255 -> N x 10 float32
-    to_predictions(classifier(images))  # -> a Prediction (digit, confidence, probabilities) each
+    classifier.digit_scores(images)  # N "is this one digit?" scores, 0-1 (None without a detector)
+    to_predictions(classifier(images), classifier.digit_scores(images))  # -> a Prediction each
 
 A .tflite file runs on LiteRT (no TensorFlow), with as many threads as this process
-may use cores; a .keras file or a keras.Model runs on Keras (needs TensorFlow).
+may use cores; a .keras file or a keras.Model runs on Keras (needs TensorFlow). The
+"not a digit" detector (not_digit.tflite, trained by train.py beside the classifier)
+is loaded from the model file's folder and runs on LiteRT whichever the classifier is.
 """
 
 import contextlib
@@ -14,25 +17,44 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 BATCH = 64  # images per LiteRT invoke: the fastest size measured for this network on 2 cores
+DETECTOR_FILE = "not_digit.tflite"
+# A digit scores at least this: train.py folds the threshold chosen on validation digits into
+# the detector's last bias, so that 0.5 flags about 1% of realistic digits (README: Not a digit).
+DIGIT_THRESHOLD = 0.5
+# More ink than this beside the digit, in pieces clear of the border that could each be a digit
+# (as a share of the digit's own ink, pieces.py), is several digits or writing: not one digit.
+MAX_RIVALS = 0.3
 
 
 class Prediction(NamedTuple):
     """One image's classification."""
 
-    digit: int
-    confidence: float
+    digit: int  # the best guess, also when the image is not a digit
+    confidence: float  # its probability (calibrated: of readings at 0.9, about 9 in 10 are right)
     probabilities: tuple  # ten floats, one per digit, summing to 1
+    is_digit: Optional[bool] = None  # False: not a single handwritten digit; None: no detector
+    digit_score: Optional[float] = None  # the detector's score, 0-1; is_digit is score >= the threshold
 
 
-def to_predictions(probabilities):
-    """N x 10 probabilities (a classifier's output) -> a list of N Predictions."""
+def to_predictions(probabilities, digit_scores=None, digit_threshold=DIGIT_THRESHOLD, rivals=None):
+    """N x 10 probabilities (a classifier's output) -> N Predictions.
+
+    With the detector's N digit scores, an image is a digit when its score is at least
+    `digit_threshold` and (given the preprocessing's N `rivals`) no more than MAX_RIVALS
+    of ink lies beside it in digit-sized pieces.
+    """
     digits, rows = probabilities.argmax(axis=1).tolist(), probabilities.tolist()
-    return [Prediction(digit, row[digit], tuple(row)) for digit, row in zip(digits, rows)]
+    if digit_scores is None:
+        return [Prediction(digit, row[digit], tuple(row)) for digit, row in zip(digits, rows)]
+    alone = np.ones(len(rows), bool) if rivals is None else np.asarray(rivals) <= MAX_RIVALS
+    return [Prediction(digit, row[digit], tuple(row), score >= digit_threshold and one, score)
+            for digit, row, score, one in zip(digits, rows, np.asarray(digit_scores, np.float64).tolist(),
+                                              alone.tolist())]
 
 
 class ModelError(RuntimeError):
@@ -40,9 +62,14 @@ class ModelError(RuntimeError):
 
 
 class Classifier:
-    """A LiteRT interpreter for a .tflite model; call it on a batch of images."""
+    """A LiteRT interpreter for a .tflite model; call it on a batch of images.
 
-    def __init__(self, path, threads=None):
+    `width` is the values per image it gives: 10 probabilities (the classifier), 1 score (the detector).
+    """
+
+    detector = None  # a Classifier of width 1, set by load_classifier
+
+    def __init__(self, path, threads=None, width=10):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
@@ -50,7 +77,8 @@ class Classifier:
         self.make = lambda: Interpreter(model_path=str(path), num_threads=self.threads)
         probe = self.make()  # reads the file now, so that a bad one fails here
         inputs, outputs = probe.get_input_details(), probe.get_output_details()
-        check_signature([tuple(d["shape"]) for d in inputs], [tuple(d["shape"]) for d in outputs])
+        check_signature([tuple(d["shape"]) for d in inputs], [tuple(d["shape"]) for d in outputs], width)
+        self.width = width
         self.input = inputs[0]["index"]
         self.output = outputs[0]["index"]
         # One interpreter per batch size, each allocated once when first needed: BATCH, and
@@ -73,7 +101,7 @@ class Classifier:
 
     def __call__(self, images):
         images = np.asarray(images, np.float32).reshape(-1, 28, 28, 1)
-        out = np.empty((len(images), 10), np.float32)
+        out = np.empty((len(images), self.width), np.float32)
         with self.lock:
             for start in range(0, len(images), BATCH):
                 chunk = images[start:start + BATCH]
@@ -85,6 +113,10 @@ class Classifier:
                 interpreter.invoke()
                 out[start:start + BATCH] = interpreter.get_tensor(self.output)[:len(images) - start]
         return finite(out)
+
+    def digit_scores(self, images):
+        """The detector's score of each image (N floats, 0-1), or None when there is no detector."""
+        return None if self.detector is None else self.detector(images)[:, 0]
 
 
 class KerasClassifier:
@@ -104,6 +136,9 @@ class KerasClassifier:
             model = keras.saving.load_model(model, compile=False)
             check_signature([tuple(model.input_shape)], [tuple(model.output_shape)])
         self.model = model
+
+    detector = None
+    digit_scores = Classifier.digit_scores
 
     def __call__(self, images):
         images = np.asarray(images, np.float32).reshape(-1, 28, 28, 1)
@@ -133,30 +168,40 @@ def finite(probabilities):
     return probabilities
 
 
-def check_signature(input_shapes, output_shapes):
-    """Raise ModelError unless the model takes one 28x28x1 batch and gives ten values per image."""
+def check_signature(input_shapes, output_shapes, width=10):
+    """Raise ModelError unless the model takes one 28x28x1 batch and gives `width` values per image."""
     def fits(shapes, want):
         return len(shapes) == 1 and len(shapes[0]) == len(want) and all(
             w is None or d == w or d in (None, -1) for d, w in zip(shapes[0], want))
 
-    if not fits(input_shapes, (None, 28, 28, 1)) or not fits(output_shapes, (None, 10)):
+    if not fits(input_shapes, (None, 28, 28, 1)) or not fits(output_shapes, (None, width)):
+        what = "ten probabilities" if width == 10 else "one score"
         raise ModelError(f"not a digit model: it takes {input_shapes} and gives {output_shapes}, "
-                         "not 28x28x1 images and ten probabilities")
+                         f"not 28x28x1 images and {what}")
 
 
 @functools.lru_cache(maxsize=4)
 def load_classifier(path):
-    """Load a .tflite (LiteRT) or .keras model file once per process; raise ModelError if it cannot be."""
+    """Load a .tflite (LiteRT) or .keras model file once per process, with the "not a digit" detector
+    beside it when there is one; raise ModelError if either cannot be loaded."""
     from outputs import complete_interrupted
 
     path = Path(path)
     complete_interrupted(path.parent)  # a training run killed while it replaced this model set
     if not path.is_file():
         raise ModelError(f"{path}: no such model file (train one with: python train.py)")
+    classifier = opened(path, KerasClassifier if path.suffix == ".keras" else Classifier)
+    detector = path.parent / DETECTOR_FILE
+    classifier.detector = opened(detector, functools.partial(Classifier, width=1)) if detector.is_file() else None
+    return classifier
+
+
+def opened(path, make):
+    """make(path), tried on one blank image: a model that gives NaN is refused now, not per image."""
     try:
-        classifier = KerasClassifier(str(path)) if path.suffix == ".keras" else Classifier(path)
-        classifier(np.zeros((1, 28, 28), np.float32))  # a model that gives NaN is refused now, not per image
-        return classifier
+        model = make(path)
+        model(np.zeros((1, 28, 28), np.float32))
+        return model
     except ModelError as error:
         raise ModelError(f"{path}: {error}") from None
     except Exception as error:  # the runtimes raise many types for a bad file

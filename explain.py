@@ -90,6 +90,9 @@ def draw_outcome(ax, outcome, low_confidence):
     ax.set_ylim(0, 1)
     ax.set_xticks(range(10))
     ax.tick_params(labelsize=7)
+    if outcome.is_digit is False:
+        ax.set_title(f"not a digit (best guess {outcome.digit}, {outcome.confidence:.1%})", fontsize=9, color="tab:red")
+        return
     unsure = ", low confidence" if outcome.confidence < low_confidence else ""
     ax.set_title(f"read as {outcome.digit} ({outcome.confidence:.1%}{unsure})", fontsize=9)
 

@@ -5,7 +5,7 @@
     python inference.py --number photo.jpg             # photo.jpg: 472 (96.1%)
 
     from inference import predict, predict_each, read_number
-    predict("digit.png")            # Prediction(digit=3, confidence=0.998, probabilities=(...))
+    predict("digit.png")            # Prediction(digit=3, confidence=0.998, probabilities=(...), is_digit=True, ...)
     predict(["a.png", array])       # a list of Predictions; raises the first ImageError
     for outcome in predict_each(paths):   # any number of images, lazily: a bad one is an
         outcome.prediction or outcome.error #   Outcome with its error, the rest go on
@@ -35,7 +35,7 @@ import decode
 import explain
 import number
 import parallel
-from classifier import KerasClassifier, ModelError, Prediction, cores, load_classifier, to_predictions
+from classifier import DIGIT_THRESHOLD, KerasClassifier, ModelError, Prediction, cores, load_classifier, to_predictions
 from cli import OneLineParser
 from errors import ImageError, ImageTooLargeError, NoDigitError, UnreadableImageError
 from number import DigitReading, NumberReading
@@ -65,7 +65,7 @@ class Outcome(NamedTuple):
     trace: Optional[Trace]  # the preprocessing steps, for the first `traces` inputs
 
 
-def predict(images, model=None):
+def predict(images, model=None, digit_threshold=DIGIT_THRESHOLD):
     """Classify one image, or a list of images as batches across all cores.
 
     Args:
@@ -73,6 +73,8 @@ def predict(images, model=None):
             any size and numeric dtype); or a list or tuple of these, or an
             N x 28 x 28 array (N images), which give a list.
         model: None for the shipped model, a model file (.tflite or .keras) or a keras.Model.
+        digit_threshold: a digit score below this marks the image as not a digit (is_digit
+            False): higher flags more non-digits and more digits too (README: Not a digit).
     Returns:
         a Prediction, or a list of them.
     Raises:
@@ -84,9 +86,9 @@ def predict(images, model=None):
         prepared = parallel.prepare(images)
         if prepared.error is not None:
             raise prepared.error
-        return to_predictions(classifier(prepared.image[None]))[0]
+        return predictions_of(prepared.image[None], classifier, digit_threshold, [prepared.rivals])[0]
     predictions = []
-    for batch, batch_predictions in classify(images, classifier):
+    for batch, batch_predictions in classify(images, classifier, digit_threshold=digit_threshold):
         error = next((e for e in batch.errors if e is not None), None)
         if error is not None:
             raise error
@@ -94,7 +96,7 @@ def predict(images, model=None):
     return predictions
 
 
-def predict_each(images, model=None, workers=None, traces=0) -> Iterator[Outcome]:
+def predict_each(images, model=None, workers=None, traces=0, digit_threshold=DIGIT_THRESHOLD) -> Iterator[Outcome]:
     """Classify any number of images lazily, in order: one Outcome per image.
 
     A bad image gives an Outcome with its error and no prediction; the rest go on.
@@ -106,8 +108,9 @@ def predict_each(images, model=None, workers=None, traces=0) -> Iterator[Outcome
         model: as for predict().
         workers: processes for decoding and preprocessing (1: all in this process).
         traces: how many of the first images also get a Trace of their preprocessing steps.
+        digit_threshold: as for predict().
     """
-    for batch, predictions in classify(images, get_classifier(model), workers, traces):
+    for batch, predictions in classify(images, get_classifier(model), workers, traces, digit_threshold):
         predictions = iter(predictions)
         for source, error, trace in zip(batch.sources, batch.errors, batch.traces):
             yield Outcome(source, None if error else next(predictions), error, trace)
@@ -144,15 +147,22 @@ def read_numbers(images, model=None):
     return [number.read(image, classifier) for image in images]
 
 
-def classify(images, classifier, workers=None, traces=0):
+def classify(images, classifier, workers=None, traces=0, digit_threshold=DIGIT_THRESHOLD):
     """Yield (Batch, its Predictions in order, skipping failed inputs) for many images."""
     if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[3] == 1:
         images = images[..., 0]  # N x 28 x 28 x 1, as Keras takes them
     quiet = getattr(classifier, "lock", contextlib.nullcontext())  # no batch runs while workers fork
     for batch in parallel.prefetched(parallel.prepare_many(images, workers, traces, quiet)):
         good = [i for i, error in enumerate(batch.errors) if error is None]
-        images = batch.images if len(good) == len(batch.errors) else batch.images[good]
-        yield batch, to_predictions(classifier(images)) if good else []
+        whole = len(good) == len(batch.errors)
+        images, rivals = (batch.images, batch.rivals) if whole else (batch.images[good], batch.rivals[good])
+        yield batch, predictions_of(images, classifier, digit_threshold, rivals) if good else []
+
+
+def predictions_of(images, classifier, digit_threshold, rivals):
+    """Predictions of N 28x28 model inputs: the classifier's probabilities and the detector's verdict."""
+    scores = classifier.digit_scores(images) if hasattr(classifier, "digit_scores") else None
+    return to_predictions(classifier(images), scores, digit_threshold, rivals)
 
 
 def is_many(images):
@@ -234,28 +244,43 @@ class Writer:
         self.form, self.out = form, out
         self.csv = csv.writer(out, lineterminator="\n") if form == "csv" else None
         if self.csv:
-            self.csv.writerow(["path", "digit", "confidence", *(f"p{d}" for d in range(10)), "error"])
+            self.csv.writerow(["path", "digit", "confidence", *(f"p{d}" for d in range(10)), "is_digit",
+                               "digit_score", "error"])
 
     def write(self, path, prediction, error):
         if error is not None:
             print(f"error: {error}", file=sys.stderr)
         if self.form == "text":
             if prediction is not None:
-                unsure = "  (low confidence)" if prediction.confidence < LOW_CONFIDENCE else ""
-                self.out.write(f"{path}: {prediction.digit} ({prediction.confidence:.1%}){unsure}\n")
+                self.out.write(f"{path}: {verdict(prediction)}\n")
         elif self.form == "jsonl":
             row = {"path": str(path)}
             if prediction is not None:
                 row.update(digit=prediction.digit, confidence=round(prediction.confidence, 6),
-                           probabilities=[round(p, 6) for p in prediction.probabilities])
+                           probabilities=[round(p, 6) for p in prediction.probabilities],
+                           is_digit=prediction.is_digit, digit_score=score_of(prediction))
             else:
                 row["error"] = str(error)
             self.out.write(json.dumps(row) + "\n")
         elif prediction is not None:
             self.csv.writerow([path, prediction.digit, f"{prediction.confidence:.6f}",
-                               *(f"{p:.6f}" for p in prediction.probabilities), ""])
+                               *(f"{p:.6f}" for p in prediction.probabilities),
+                               "" if prediction.is_digit is None else int(prediction.is_digit),
+                               "" if prediction.is_digit is None else f"{prediction.digit_score:.6f}", ""])
         else:
-            self.csv.writerow([path, "", "", *[""] * 10, str(error)])
+            self.csv.writerow([path, "", "", *[""] * 10, "", "", str(error)])
+
+
+def verdict(prediction):
+    """The text line's reading: '7 (99.2%)', '7 (61.0%)  (low confidence)' or 'not a digit (best guess 4, 31.0%)'."""
+    if prediction.is_digit is False:
+        return f"not a digit (best guess {prediction.digit}, {prediction.confidence:.1%})"
+    unsure = "  (low confidence)" if prediction.confidence < LOW_CONFIDENCE else ""
+    return f"{prediction.digit} ({prediction.confidence:.1%}){unsure}"
+
+
+def score_of(prediction):
+    return None if prediction.digit_score is None else round(prediction.digit_score, 6)
 
 
 class NumberWriter:
@@ -318,6 +343,9 @@ def parse_args(argv=None):
     parser.add_argument("-r", "--recursive", action="store_true", help="also classify the images in subfolders")
     parser.add_argument("--model", default=str(DEFAULT_MODEL),
                         help=f"a .tflite or .keras model file ({FLOAT_MODEL.name}: the float model)")
+    parser.add_argument("--digit-threshold", type=float, default=DIGIT_THRESHOLD, metavar="T",
+                        help="an image whose 'is this one digit?' score is below T is reported as not a digit "
+                             "(0 turns the check off; higher flags more non-digits, and more digits)")
     parser.add_argument("--workers", type=int, default=cores(),
                         help="processes that decode and preprocess (1: no extra processes)")
     parser.add_argument("--explain", metavar="OUT.png",
@@ -325,6 +353,8 @@ def parse_args(argv=None):
                              f"(the first {explain.MAX_ROWS}), into this picture (.png, .jpg, .pdf or .svg); "
                              "with --number: each digit's box and its 28x28 model input")
     args = parser.parse_args(argv)
+    if not 0 <= args.digit_threshold <= 1:  # also refuses nan
+        parser.error(f"--digit-threshold must be 0-1, not {args.digit_threshold}")
     if not 1 <= args.workers <= MAX_WORKERS:
         parser.error(f"--workers must be 1-{MAX_WORKERS}, not {args.workers}")
     if args.explain:
@@ -362,7 +392,7 @@ def main(argv=None):
     else:
         writer = Writer(args.format)
         outcomes = ((o.source, o.prediction, o.error, o.trace)
-                    for o in predict_each(images(), classifier, args.workers, traces))
+                    for o in predict_each(images(), classifier, args.workers, traces, args.digit_threshold))
     with progress_bar() as bar:
         try:
             for source, result, error, trace in outcomes:

@@ -41,6 +41,7 @@ class Prepared(NamedTuple):
     image: Optional[np.ndarray]  # 28x28, light digit on dark, 0-255
     error: Optional[ImageError]
     trace: Optional[Trace]
+    rivals: float = 0.0  # ink of digit-sized pieces left out beside the digit, as a share of its own
 
 
 class Batch(NamedTuple):
@@ -50,6 +51,7 @@ class Batch(NamedTuple):
     images: np.ndarray  # N x 28 x 28 float32 model inputs; zeros where an input failed
     errors: List[Optional[ImageError]]
     traces: List[Optional[Trace]]  # a Trace for the first `traces` inputs, else None
+    rivals: np.ndarray  # N floats: each input's Prepared.rivals (0 where it failed)
 
 
 def prepare_many(sources, workers=None, traces=0, quiet=contextlib.nullcontext()):
@@ -107,7 +109,7 @@ def prepare_in_memory(chunk, traces):
     """
     count = len(chunk)
     batch = Batch(list(chunk), np.zeros((count, SIZE, SIZE), np.float32), [None] * count,
-                  [Trace() if i < traces else None for i in range(count)])
+                  [Trace() if i < traces else None for i in range(count)], np.zeros(count, np.float32))
     if is_stack(chunk):  # one vectorised check, no Python step per image
         ready = np.zeros(count, bool)
         ready[traces:] = mnist_form(chunk[traces:])
@@ -150,6 +152,7 @@ def finish(batch, heavy, wanted, tasks):
     for (i, _), prepared in zip(heavy, done):
         if prepared.error is None:
             batch.images[i] = prepared.image
+            batch.rivals[i] = prepared.rivals
         batch.errors[i] = prepared.error
         if prepared.trace is not None:
             batch.traces[i] = prepared.trace
@@ -208,12 +211,13 @@ def prepare_list(sources, want_traces):
 
 def prepare(source, want_trace=False):
     """Return one source's Prepared: its 28x28 model input, or the ImageError it raised."""
-    trace = Trace() if want_trace else None
+    trace = Trace()  # kept only when wanted: it holds the big ink map
     try:
         picture = source if isinstance(source, Picture) else decode(source)
-        return Prepared(to_mnist(picture, trace), None, trace)
+        image = to_mnist(picture, trace)
+        return Prepared(image, None, trace if want_trace else None, trace.rivals)
     except ImageError as error:
-        return Prepared(None, error, trace)
+        return Prepared(None, error, trace if want_trace else None)
 
 
 def prefetched(iterable, depth=2):

@@ -1,11 +1,13 @@
 """Find the digit's pieces in an ink map: which strokes are the digit, which are specks or junk.
 
-    find_digit(ink) -> DigitPieces(keep, box), or None when only specks and lines are there
+    find_digit(ink) -> DigitPieces(keep, box, rivals), or None when only specks and lines are there
 
 Pieces are the connected parts of the strokes, found on a coarse grid (max-pooled, so
 thin strokes survive and a broken stroke joins up). The digit is the heaviest piece
 that is not a line hugging the border (a paper edge, a form's cell line, a table in a
-photo); nearby pieces big enough to be strokes join it, specks do not.
+photo); nearby pieces big enough to be strokes join it, specks do not. Pieces left out that
+could have been a digit themselves (more digits, or writing beside it) are its rivals: their
+ink, as a share of the digit's, is what tells "one digit" from "a digit among others".
 """
 
 from typing import NamedTuple
@@ -14,6 +16,7 @@ import numpy as np
 
 GRID = 160  # pieces are found on a grid at most this big (cheap, joins broken strokes)
 INK_LEVEL = 0.3  # a pixel belongs to a stroke when its ink is this share of the full strength
+RIVAL_MASS = 0.15  # a left-out piece with this share of the digit's ink could be a digit (or a letter) too
 
 
 class Piece(NamedTuple):
@@ -27,6 +30,7 @@ class Piece(NamedTuple):
 class DigitPieces(NamedTuple):
     keep: np.ndarray  # HxW bool: the pixels of the digit's pieces
     box: tuple  # (top, bottom, left, right) of the kept pixels, bottom and right exclusive
+    rivals: float  # ink of the digit-sized pieces left out, as a share of the digit's ink (0: none)
 
 
 def find_digit(ink):
@@ -42,6 +46,7 @@ def find_digit(ink):
     if main is None:
         return None
     group = grow_group(main, pieces)
+    rivals = rival_share(group, pieces, cell, height, width)
     chosen = np.isin(labels, [p.label for p in group])
     # a cell's margin keeps the anti-aliased edges, but not the pieces left out
     cells = grid_filter(chosen, np.max) & ((labels == 0) | chosen)
@@ -51,7 +56,7 @@ def find_digit(ink):
     rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
     if rows.size == 0:
         return None
-    return DigitPieces(keep, (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1))
+    return DigitPieces(keep, (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1), rivals)
 
 
 def enlarge(grid, cell):
@@ -220,6 +225,19 @@ def grow_group(main, pieces):
                 box = joined
                 changed = True
     return group
+
+
+def rival_share(group, pieces, cell, height, width):
+    """The ink of the pieces left out that are digit-sized and not along the border, over the group's.
+
+    Only pieces clear of the border with at least RIVAL_MASS of the digit's ink count: specks and dots do not, nor
+    lines and edges along the border (a ruled line, a table in a photo).
+    """
+    digit = sum(p.mass for p in group)
+    chosen = {p.label for p in group}
+    rivals = [p for p in pieces if p.label not in chosen and not p.line and p.tier == 0
+              and p.mass >= RIVAL_MASS * digit and is_digit_sized([p], cell, height, width)]
+    return float(sum(p.mass for p in rivals) / max(digit, 1e-9))
 
 
 def extent(box):

@@ -58,6 +58,7 @@ class Trace:
     fitted: Optional[np.ndarray] = None  # the digit scaled into the 20x20 box
     stroke: Optional[float] = None  # its stroke width as a share of the box, before adjusting
     mnist: Optional[np.ndarray] = None  # the 28x28 model input
+    rivals: float = 0.0  # ink of digit-sized pieces left out, as a share of the digit's (pieces.py)
 
 
 def to_mnist(picture: Picture, trace: Optional[Trace] = None):
@@ -79,7 +80,7 @@ def to_mnist(picture: Picture, trace: Optional[Trace] = None):
     digit = find_digit(ink)
     if digit is None:
         raise NoDigitError(f"no digit found in {picture.name}")
-    trace.keep, trace.box = digit
+    trace.keep, trace.box, trace.rivals = digit
     top, bottom, left, right = digit.box
     return crop_to_mnist(np.where(digit.keep, ink, 0)[top:bottom, left:right], trace)
 

@@ -18,12 +18,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
+import calibration
+
+from classifier import DETECTOR_FILE, DIGIT_THRESHOLD
 from cli import OneLineParser
 from data import DataError, file_kind, load_mnist
+from detector import NEGATIVES_PER_KIND, RENDERINGS_PER_CONDITION, detector_data, fit_detector
 from outputs import ModelSet, OutputError
 from tflog import filter_native_logs
 
@@ -35,7 +39,9 @@ LITERT_FILE = "mnist_cnn.tflite"
 LITERT_INT8_FILE = "mnist_cnn_int8.tflite"  # what inference.py runs by default
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.png"
-OUTPUT_FILES = (MODEL_FILE, LITERT_FILE, LITERT_INT8_FILE, METRICS_FILE, HISTORY_FILE)  # written as one set
+RELIABILITY_FILE = "reliability.png"
+OUTPUT_FILES = (MODEL_FILE, LITERT_FILE, LITERT_INT8_FILE, DETECTOR_FILE, METRICS_FILE, HISTORY_FILE,
+                RELIABILITY_FILE)  # written as one set
 STEPS_PER_EXECUTION = 16  # run 16 training steps per call into TensorFlow: less Python overhead per step
 
 
@@ -76,6 +82,11 @@ class TrainConfig:
     shear: float = setting(0.1, "augmentation: max shear factor", 0, 1)
     shift: float = setting(2.0, "augmentation: max translation, pixels", 0, 14)
     stroke: float = setting(0.5, "augmentation: max stroke thinning/thickening, 0-1", 0, 1)
+    detector_negatives: int = setting(NEGATIVES_PER_KIND, "not-a-digit detector: generated non-digits of each kind (letters, "
+                                            "symbols, shapes, several digits, photos) it learns from", 1, 100_000)
+    detector_renderings: int = setting(RENDERINGS_PER_CONDITION, "not-a-digit detector: realistic renderings of training digits per "
+                                            "condition it learns from (half as many of validation digits set its "
+                                            "threshold, and of test digits measure the calibration)", 2, 10_000)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -257,6 +268,55 @@ def evaluate(model, x, y):
     }
 
 
+class Calibrated(NamedTuple):
+    record: dict  # metrics.json's "calibration"
+    curves: dict  # the reliability diagram's panels: {name: (probabilities, labels)}
+
+
+def calibrate(model, x_val, y_val, x_test, y_test, rendered):
+    """Fit a temperature T on the validation split and fold it into `model`'s last layer.
+
+    Returns T with ECE and NLL before and after on validation, MNIST test and realistic
+    renderings of test digits, and the reliability diagram's curves. The test sets are only measured.
+    """
+    sets = {"validation": (x_val, y_val), "mnist_test": (x_test, y_test),
+            "realistic_test": (rendered.test_renderings, rendered.test_rendering_labels)}
+    found = {name: (logits(model, x), y) for name, (x, y) in sets.items()}
+    temperature = calibration.fit_temperature(*found["validation"])
+    fold_temperature(model, temperature)
+    record = {"temperature": temperature, "bins": calibration.BINS, "fitted_on": "validation split"}
+    for name, (z, y) in found.items():
+        record[name] = calibration.calibration(z, y, temperature)._asdict()
+    curves = {}
+    for name, label in (("mnist_test", "MNIST test"), ("realistic_test", "realistic test")):
+        z, y = found[name]
+        curves[f"{label}, before (T = 1)"] = (calibration.softmax(z), y)
+        curves[f"{label}, after (T = {temperature:.3f})"] = (calibration.softmax(z / temperature), y)
+    return Calibrated(record, curves)
+
+
+def logits(model, x):
+    """The last Dense layer's input (the 512 penultimate features) @ W + b: the pre-softmax outputs."""
+    import keras
+
+    features = keras.Model(model.inputs, model.layers[-2].output)
+    kernel, bias = model.layers[-1].get_weights()
+    penultimate = features.predict(np.asarray(x, np.float32)[..., None], batch_size=1000, verbose=0)
+    return penultimate.astype(np.float64) @ kernel + bias
+
+
+def fold_temperature(model, temperature):
+    """Divide the last Dense layer's weights and bias by `temperature`: softmax(logits / T), same layers."""
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([kernel / np.float32(temperature), bias / np.float32(temperature)])
+
+
+def flagged_share(detector, x):
+    """The share of images the detector calls not a digit."""
+    scores = detector.predict(np.asarray(x, np.float32)[..., None], batch_size=1000, verbose=0)[:, 0]
+    return float(np.mean(scores < DIGIT_THRESHOLD))
+
+
 def export_litert(model, path):
     """Export `model` for the LiteRT interpreter, which inference.py uses instead of TensorFlow."""
     model.export(path, format="litert", verbose=False)
@@ -362,12 +422,25 @@ def train(config: TrainConfig):
         (x_train, y_train), (x_test, y_test) = load_mnist(config.data)
         (x_train, y_train), (x_val, y_val) = split_validation(x_train, y_train, config.val_fraction, config.seed)
         config = dataclasses.replace(config, batch_size=min(config.batch_size, len(x_train)))
+        rendered_start = time.time()
+        rendered = detector_data(((x_train, y_train), (x_val, y_val), (x_test, y_test)), config.seed,
+                                 config.detector_negatives, config.detector_renderings)
+        rendered_seconds = time.time() - rendered_start
         model, history, epoch_seconds, fit_seconds, policy = fit(config, x_train, y_train, x_val, y_val)
         final = saved_model(model)
+        calibrated = calibrate(final, x_val, y_val, x_test, y_test, rendered)
         metrics = evaluate(final, x_test, y_test)
+        metrics["calibration"] = calibrated.record
+        detector_start = time.time()
+        not_digit, metrics["detector"] = fit_detector(rendered, config.seed)
+        metrics["detector"].update(seconds=round(time.time() - detector_start + rendered_seconds, 1),
+                                   test_digits_flagged=flagged_share(not_digit, x_test),
+                                   realistic_test_flagged=flagged_share(not_digit, rendered.test_renderings))
         final.save(staged.path(MODEL_FILE))
         export_litert(final, staged.path(LITERT_FILE))
         export_litert_int8(final, staged.path(LITERT_INT8_FILE))
+        export_litert(not_digit, staged.path(DETECTOR_FILE))
+        calibration.plot_reliability(calibrated.curves, staged.path(RELIABILITY_FILE))
         metrics.update(int8_metrics(staged.path(LITERT_INT8_FILE), staged.path(LITERT_FILE), x_test, y_test))
         plot_history(history, staged.path(HISTORY_FILE))
         metrics.update(run_record(config, policy, history, epoch_seconds, fit_seconds, start,

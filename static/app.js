@@ -10,7 +10,8 @@
   const LOW_CONFIDENCE = 0.5; // the CLI's inference.LOW_CONFIDENCE
 
   function percent(p) {
-    return (p * 100).toFixed(p >= 0.995 || p < 0.001 ? 0 : 1) + "%";
+    if (p > 0.999) return ">99.9%"; // calibrated: never quite sure
+    return (p * 100).toFixed(p < 0.001 ? 0 : 1) + "%";
   }
 
   // ---- a drawing pad: strokes of a round pen on a white canvas ----
@@ -279,12 +280,18 @@
       },
       answer: function (data, final) {
         result.dataset.state = "done";
-        digitEl.textContent = String(data.digit);
-        confidenceEl.textContent = percent(data.confidence) + " sure";
-        messageEl.textContent = data.confidence < LOW_CONFIDENCE ? "Not sure: try drawing it larger or more clearly." : "";
+        const notDigit = data.is_digit === false;
+        result.dataset.notDigit = String(notDigit);
+        digitEl.textContent = notDigit ? "?" : String(data.digit);
+        confidenceEl.textContent = notDigit ? "not a digit" : percent(data.confidence) + " sure";
+        messageEl.textContent = notDigit
+          ? "That does not look like one digit (best guess " + data.digit + ", " + percent(data.confidence) + ")."
+          : data.confidence < LOW_CONFIDENCE ? "Not sure: try drawing it larger or more clearly." : "";
         showBars(data.probabilities);
         if (final) {
-          announceEl.textContent = "Predicted digit " + data.digit + ", " + percent(data.confidence) + " confidence.";
+          announceEl.textContent = notDigit
+            ? "Not a digit. Best guess " + data.digit + ", " + percent(data.confidence) + "."
+            : "Predicted digit " + data.digit + ", " + percent(data.confidence) + " confidence.";
         }
       },
       failed: function (status, data, job) {

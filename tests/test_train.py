@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import train
-from conftest import ROOT
+from conftest import ROOT, TINY_DETECTOR
 
 
 def test_smoke_run_writes_outputs(smoke_run):
@@ -43,7 +43,7 @@ def test_smoke_run_writes_outputs(smoke_run):
 
 def test_seed_makes_a_run_repeatable(smoke_run, tmp_path):
     out, metrics = smoke_run
-    again = train.train(train.TrainConfig(data=metrics["data"], epochs=2, batch_size=32, out_dir=str(tmp_path), seed=1))
+    again = train.train(train.TrainConfig(**TINY_DETECTOR, data=metrics["data"], epochs=2, batch_size=32, out_dir=str(tmp_path), seed=1))
     assert again["history"] == metrics["history"]
     assert again["confusion_matrix"] == metrics["confusion_matrix"]
 

@@ -1,0 +1,176 @@
+"""The "not a digit" detector that train.py fits: a small CNN, apart from the classifier.
+
+    data = detector_data(((x_train, y_train), (x_val, y_val), (x_test, y_test)), seed=0)
+    detector, record = fit_detector(data, seed=0)                   # keras model: 28x28 -> score 0-1
+
+The classifier cannot say "none of these": trained on digits only, it maps a letter or a
+doodle onto the nearest digit, often with a high probability, and its own features keep
+only what tells digits apart. So a second network, a tenth of the classifier's arithmetic,
+looks at the same 28x28 input (after predict()'s preprocessing) and learns single digits
+(MNIST's training digits and realistic renderings of them) against generated non-digits
+(synthetic/nondigits.py's "dev" part: letters and symbols, shapes and doodles, several
+digits side by side, photo crops). Its threshold is chosen on validation digits only, so
+that at most FLAG_MNIST of MNIST's validation digits and FLAG_REALISTIC of realistic
+renderings of them are flagged, and folded into its last bias: a digit scores >= 0.5.
+The held-out figures are bench.calibration's.
+"""
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+
+from classifier import MAX_RIVALS, cores
+
+FLAG_MNIST = 0.002  # at most this share of MNIST validation digits is flagged...
+FLAG_REALISTIC = 0.01  # ...and of realistic renderings of validation digits
+NEGATIVES_PER_KIND = 1000  # generated non-digits of each kind to learn from
+RENDERINGS_PER_CONDITION = 100  # realistic renderings of training digits, per condition
+MNIST_POSITIVES = 30_000  # training digits it sees (of 54,000: plenty)
+EPOCHS = 12
+CHUNK = 250  # non-digits per worker job
+
+
+class DetectorData(NamedTuple):
+    """The 28x28 inputs (after predict()'s preprocessing) the detector is fitted and set on."""
+
+    negatives: np.ndarray  # N x 28 x 28 uint8: generated non-digits (dev part)
+    negative_kinds: np.ndarray  # the kind of each
+    digits: np.ndarray  # MNIST training digits and realistic renderings of them
+    val_digits: np.ndarray  # MNIST validation digits: for the threshold only
+    val_renderings: np.ndarray  # realistic renderings of validation digits: for the threshold only
+    val_rendering_labels: np.ndarray
+    test_renderings: np.ndarray  # realistic renderings of MNIST test digits: measured, never chosen on
+    test_rendering_labels: np.ndarray
+
+
+def detector_data(mnist, seed=0, negatives=NEGATIVES_PER_KIND, renderings=RENDERINGS_PER_CONDITION, workers=None):
+    """Render and preprocess the detector's data across processes.
+
+    Args:
+        mnist: ((x_train, y_train), (x_val, y_val), (x_test, y_test)), the training run's split.
+        seed: everything made is deterministic given this.
+        negatives: generated non-digits of each kind (dev part).
+        renderings: realistic renderings per condition of training digits (half as many of
+            validation and of test digits).
+        workers: processes (default: one per core).
+    Kinds whose fonts or photos are not installed here are left out (the record says which were used).
+    """
+    from synthetic import nondigits, realistic
+
+    (x_train, y_train), (x_val, y_val), _ = mnist
+    conditions = list(realistic.CONDITIONS)
+    jobs = [Job("nondigits", kind, first, min(CHUNK, negatives - first), seed)
+            for kind in nondigits.available() for first in range(0, negatives, CHUNK)]
+    for s, (split, count) in enumerate((("train", renderings), ("val", renderings // 2), ("test", renderings // 2))):
+        # each condition draws its own digits, with its own seed
+        jobs += [Job(split, condition, k * count, count, 1000 * seed + 100 * s + k) for k, condition in enumerate(conditions)]
+    # spawn, not fork: TensorFlow may be loaded already (a Keras download of MNIST)
+    with ProcessPoolExecutor(workers or cores(), multiprocessing.get_context("spawn"), initializer=share_digits,
+                             initargs=(dict(zip(("train", "val", "test"), mnist)),)) as pool:
+        made = list(pool.map(make, jobs))
+
+    def joined(source):
+        parts = [m for job, m in zip(jobs, made) if job.source == source]
+        return np.concatenate([images for images, _ in parts]), np.concatenate([labels for _, labels in parts])
+
+    negatives, _ = joined("nondigits")
+    kinds = [job.what for job, (images, _) in zip(jobs, made) if job.source == "nondigits" for _ in images]
+    rng = np.random.default_rng(seed)
+    mnist_digits = x_train[rng.choice(len(x_train), min(MNIST_POSITIVES, len(x_train)), replace=False)]
+    return DetectorData(negatives, np.array(kinds), np.concatenate([mnist_digits, joined("train")[0]]),
+                        x_val, *joined("val"), *joined("test"))
+
+
+class Job(NamedTuple):
+    """A part of the detector's data, made in one worker process."""
+
+    source: str  # "nondigits", or the MNIST split whose digits are rendered: "train", "val", "test"
+    what: str  # the kind of non-digit, or the realistic condition
+    first: int  # the first sample, or the first digit rendered
+    count: int
+    seed: int
+
+
+SHARED = {}  # the MNIST arrays, in each worker process
+
+
+def share_digits(arrays):
+    SHARED.update(arrays)
+
+
+def make(job):
+    """The 28x28 model inputs of one Job's images, as predict() makes them; those without a digit left out."""
+    import parallel
+    from synthetic import nondigits, realistic
+
+    if job.source == "nondigits":
+        samples = nondigits.generate(job.what, job.count, "dev", job.seed, SHARED["train"][0], job.first)
+        pairs = ((s.image, -1) for s in samples)
+    else:
+        x, y = SHARED[job.source]
+        part = slice(job.first % len(x), job.first % len(x) + job.count)
+        pairs = ((s.image, s.label) for s in realistic.generate(x[part], y[part], conditions=[job.what], seed=job.seed))
+    kept = [(prepared.image, label) for prepared, label in ((parallel.prepare(image), label) for image, label in pairs)
+            # a non-digit with digit-sized ink beside its main piece is flagged by that (classifier.MAX_RIVALS),
+            # and its 28x28 crop may show one plain digit: the network does not learn from it
+            if prepared.error is None and (label >= 0 or prepared.rivals <= MAX_RIVALS)]
+    return (np.array([image for image, _ in kept], np.uint8).reshape(-1, 28, 28),
+            np.array([label for _, label in kept], np.int64))
+
+
+def build_detector():
+    """The detector network: three small convolutions and a dense layer, one logit out."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Rescaling(1 / 255),
+        layers.Conv2D(16, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(64, activation="relu"),
+        layers.Dropout(0.3),
+        layers.Dense(1),
+    ], name="not_digit")
+
+
+def fit_detector(data, seed=0):
+    """Fit the detector; return (keras model giving a 0-1 score, >= 0.5 for a digit; its record)."""
+    import keras
+    from keras import layers
+
+    x = np.concatenate([data.digits, data.negatives])[..., None].astype(np.float32)
+    y = np.concatenate([np.ones(len(data.digits)), np.zeros(len(data.negatives))]).astype(np.float32)
+    # each side counts as much as the other
+    weight = np.where(y == 1, 0.5 / len(data.digits), 0.5 / len(data.negatives)) * len(y)
+    keras.utils.set_random_seed(seed)
+    network = build_detector()
+    network.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    network.fit(x, y, sample_weight=weight, epochs=EPOCHS, batch_size=256, shuffle=True, verbose=0)
+
+    def logits(images):
+        return network.predict(np.asarray(images, np.float32)[..., None], batch_size=1000, verbose=0)[:, 0]
+
+    val, val_renderings = logits(data.val_digits), logits(data.val_renderings)
+    threshold = min(np.quantile(val, FLAG_MNIST), np.quantile(val_renderings, FLAG_REALISTIC))
+    kernel, bias = network.layers[-1].get_weights()
+    network.layers[-1].set_weights([kernel, bias - np.float32(threshold)])  # the threshold at 0 (score 0.5)
+    scored = keras.Sequential([network, layers.Activation("sigmoid")], name="not_digit_score")
+    flagged = logits(data.negatives) < threshold
+    kinds = list(dict.fromkeys(data.negative_kinds.tolist()))
+    return scored, {
+        "threshold_logit": float(threshold),
+        "val_digits_flagged": float(np.mean(val < threshold)),
+        "val_renderings_flagged": float(np.mean(val_renderings < threshold)),
+        "val_renderings": len(val_renderings),
+        "training_negatives": {kind: int(np.sum(data.negative_kinds == kind)) for kind in kinds},
+        "training_negatives_flagged": {kind: float(np.mean(flagged[data.negative_kinds == kind])) for kind in kinds},
+        "training_digits": len(data.digits),
+    }
