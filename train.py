@@ -382,13 +382,14 @@ def fit(config, x_train, y_train, x_val, y_val):
     """Train the network; return (model, history dict, epoch seconds, fit seconds, dtype policy)."""
     import keras
 
+    from fused_batch_norm import FusedBatchNormalization
     from model import build_model
 
     keras.utils.set_random_seed(config.seed)
     policy = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy(policy)
     steps_per_epoch = epoch_steps(len(x_train), config.batch_size)
-    model = build_model(fused_batch_norm=True)
+    model = build_model(batch_norm=FusedBatchNormalization)
     compile_model(model, steps_per_epoch, config)
     val = (x_val[..., None].astype("float32"), keras.utils.to_categorical(y_val, 10))
     epoch_seconds = []

@@ -49,8 +49,11 @@ def throughput(args):
     import keras
     import tensorflow as tf
 
+    from keras import layers
+
     import train
     from data import load_mnist
+    from fused_batch_norm import FusedBatchNormalization
     from model import build_model
 
     (x, y), _ = load_mnist(args.data)
@@ -68,7 +71,7 @@ def throughput(args):
         keras.mixed_precision.set_global_policy(precision)
         run = train.TrainConfig(epochs=1, batch_size=args.batch_size, augment=augment)
         steps = train.epoch_steps(len(x), args.batch_size)
-        model = build_model(fused_batch_norm=fused)
+        model = build_model(batch_norm=FusedBatchNormalization if fused else layers.BatchNormalization)
         train.compile_model(model, steps, run)
         stamps = []  # (step, time) at the end of each group of steps_per_execution steps
         record = keras.callbacks.LambdaCallback(
