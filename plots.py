@@ -13,8 +13,8 @@ import numpy as np
 # An error rate of 0 has no place on a log scale: it is drawn at 0.01%, one digit in the
 # 10,000 of the test set, below anything a run of this network reaches.
 ERROR_FLOOR = 1e-4
-# Error-rate ticks that read at a glance (1-2-5 steps), 0.01% to 100%.
-ERROR_TICKS = [step * 10.0**power for power in range(-4, 1) for step in (1, 2, 5) if step * 10.0**power <= 1]
+# Log-scale ticks that read at a glance: 1-2-5 steps from 0.0001 to 50.
+TICKS = [step * 10.0**power for power in range(-4, 2) for step in (1, 2, 5)]
 
 
 def plot_history(history, path, test_accuracy, test_loss, label_smoothing):
@@ -55,9 +55,7 @@ def history_figure(history, test_accuracy, test_loss, label_smoothing):
     errors.set_yscale("log")
     shown = np.concatenate([train_error, val_error, [test_error]])
     errors.set_ylim(shown.min() / 1.5, min(1.0, shown.max() * 1.5))
-    errors.yaxis.set_major_locator(FixedLocator(ERROR_TICKS))
     errors.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value * 100:g}%"))
-    errors.yaxis.set_minor_formatter(NullFormatter())
     errors.set_ylabel("error rate (100% - accuracy), log scale")
 
     smoothing = f"label smoothing {label_smoothing:g}"
@@ -67,9 +65,12 @@ def history_figure(history, test_accuracy, test_loss, label_smoothing):
     losses.plot(epochs, history["val_cross_entropy"], "o--", color="C1", label="validation cross-entropy")
     losses.axhline(test_loss, color="black", linestyle=":", label=f"test cross-entropy: {test_loss:.4f}")
     losses.set_yscale("log")
+    losses.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     losses.set_ylabel("loss, log scale")
 
     for ax in (errors, losses):
+        ax.yaxis.set_major_locator(FixedLocator(TICKS))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("epoch")
         ax.set_xlim(0.5, len(epochs) + 0.5)
         ax.grid(alpha=0.3, which="both")
