@@ -10,6 +10,7 @@ real training steps decide.
 """
 
 import time
+from contextlib import contextmanager
 from typing import NamedTuple, Optional
 
 POLICIES = ("float32", "mixed_bfloat16")
@@ -42,10 +43,7 @@ def choose_precision(requested, make_model, images, labels):
 
 def step_seconds(policy, make_model, images, labels):
     """The fastest of TIMED_STEPS training steps of a fresh model under `policy`, in seconds."""
-    import keras
-
-    keras.mixed_precision.set_global_policy(policy)
-    try:
+    with global_policy(policy):
         model = make_model()
         model.train_on_batch(images, labels)
         times = []
@@ -53,6 +51,17 @@ def step_seconds(policy, make_model, images, labels):
             start = time.perf_counter()
             model.train_on_batch(images, labels)  # returns numbers, so the step has finished
             times.append(time.perf_counter() - start)
+    return round(min(times), 4)
+
+
+@contextmanager
+def global_policy(policy):
+    """Build and train layers under Keras's dtype `policy`; float32, the default, again afterwards,
+    also when training fails (a later model would otherwise be built in bfloat16)."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    return round(min(times), 4)

@@ -27,7 +27,7 @@ from export import export_litert, export_litert_int8, int8_metrics
 from outputs import ModelSet, OutputError
 from pipeline import STEPS_PER_EXECUTION, epoch_steps, make_train_dataset, split_validation
 from plots import plot_history
-from precision import Precision, choose_precision
+from precision import Precision, choose_precision, global_policy
 from tflog import filter_native_logs
 
 # TensorFlow is imported inside the functions that use it: it takes seconds to start,
@@ -228,22 +228,21 @@ def fit(config, x_train, y_train, x_val, y_val):
     precision = choose_precision(config.precision, lambda: compiled_model(steps_per_epoch=1),
                                  x_train[batch, ..., None].astype("float32"), keras.utils.to_categorical(y_train[batch], 10))
     keras.utils.set_random_seed(config.seed)  # after the measurement, which draws random numbers of its own
-    keras.mixed_precision.set_global_policy(precision.policy)
     steps_per_epoch = epoch_steps(len(x_train), config.batch_size)
-    model = compiled_model(steps_per_epoch)
     val = (x_val[..., None].astype("float32"), keras.utils.to_categorical(y_val, 10))
     epoch_seconds = []
-    fit_start = time.time()
-    history = model.fit(make_train_dataset(x_train, y_train, config), epochs=config.epochs,
-                        steps_per_epoch=steps_per_epoch, validation_data=val,
-                        callbacks=[epoch_timer(epoch_seconds), stop_on_divergence()],
-                        shuffle=False,  # make_train_dataset shuffles each epoch itself
-                        verbose=1 if sys.stdout.isatty() else 2)
-    fit_seconds = time.time() - fit_start
-    if not all(np.isfinite(w).all() for w in model.get_weights()):
-        raise TrainingDiverged("training diverged: the weights are no longer finite numbers; "
-                               "try a lower --learning-rate")
-    keras.mixed_precision.set_global_policy("float32")
+    with global_policy(precision.policy):
+        model = compiled_model(steps_per_epoch)
+        fit_start = time.time()
+        history = model.fit(make_train_dataset(x_train, y_train, config), epochs=config.epochs,
+                            steps_per_epoch=steps_per_epoch, validation_data=val,
+                            callbacks=[epoch_timer(epoch_seconds), stop_on_divergence()],
+                            shuffle=False,  # make_train_dataset shuffles each epoch itself
+                            verbose=1 if sys.stdout.isatty() else 2)
+        fit_seconds = time.time() - fit_start
+        if not all(np.isfinite(w).all() for w in model.get_weights()):
+            raise TrainingDiverged("training diverged: the weights are no longer finite numbers; "
+                                   "try a lower --learning-rate")
     return Fitted(model, history.history, epoch_seconds, fit_seconds, precision)
 
 
