@@ -1,7 +1,11 @@
 """Benchmark training: throughput against the arithmetic floor, and accuracy over seeds.
 
     python -m bench.benchmark throughput --data ../shared/data/mnist.npz
-    python -m bench.benchmark accuracy --data ../shared/data/mnist.npz --seeds 0 1 2 [-- TRAIN.PY OPTIONS]
+    python -m bench.benchmark accuracy --data ../shared/data/mnist.npz --seeds 0 1 2 [--target-accuracy 0.997]
+                                       [-- TRAIN.PY OPTIONS]
+
+With --target-accuracy, each run checks itself (train.py --target-accuracy); every seed still
+runs, and the benchmark exits with train.py's status 3 if any seed landed below the target.
 
 Benchmarks measure; they are not tests and the test suite never runs them.
 """
@@ -49,9 +53,13 @@ def throughput(args):
     import keras
     import tensorflow as tf
 
+    from keras import layers
+
     import train
     from data import load_mnist
+    from fused_batch_norm import FusedBatchNormalization
     from model import build_model
+    from pipeline import epoch_steps, make_train_dataset
 
     (x, y), _ = load_mnist(args.data)
     x, y = x[:54_000], y[:54_000]
@@ -67,13 +75,13 @@ def throughput(args):
     for precision, fused, augment in itertools.product(args.precisions, (True, False), (False, True)):
         keras.mixed_precision.set_global_policy(precision)
         run = train.TrainConfig(epochs=1, batch_size=args.batch_size, augment=augment)
-        steps = train.epoch_steps(len(x), args.batch_size)
-        model = build_model(fused_batch_norm=fused)
+        steps = epoch_steps(len(x), args.batch_size)
+        model = build_model(batch_norm=FusedBatchNormalization if fused else layers.BatchNormalization)
         train.compile_model(model, steps, run)
         stamps = []  # (step, time) at the end of each group of steps_per_execution steps
         record = keras.callbacks.LambdaCallback(
             on_train_batch_end=lambda step, logs: stamps.append((step, time.perf_counter())))
-        model.fit(train.make_train_dataset(x, y, run), steps_per_epoch=steps, epochs=1,
+        model.fit(make_train_dataset(x, y, run), steps_per_epoch=steps, epochs=1,
                   callbacks=[record], shuffle=False, verbose=0)
         (first_step, start), (last_step, end) = stamps[1], stamps[-1]  # the first group traces
         rate = (last_step - first_step) * args.batch_size / (end - start)
@@ -82,19 +90,28 @@ def throughput(args):
 
 
 def accuracy(args, train_options):
-    rows = []
+    """Train once per seed with train.py; print a table. Returns train.py's below-target status if a seed missed."""
+    from train import BELOW_TARGET_STATUS
+
+    rows, missed = [], []
     for seed in args.seeds:
         out = ROOT / "runs" / "bench" / f"seed{seed}"
         command = [sys.executable, str(ROOT / "train.py"), "--seed", str(seed), "--out-dir", str(out), *train_options]
         if args.data:
             command += ["--data", args.data]
+        if args.target_accuracy is not None:
+            command += ["--target-accuracy", str(args.target_accuracy)]
         start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        status = subprocess.run(command, stdout=subprocess.DEVNULL).returncode
         wall = time.perf_counter() - start
+        if status not in (0, BELOW_TARGET_STATUS):
+            sys.exit(f"error: train.py failed for seed {seed} (exit status {status})")
         metrics = json.loads((out / "metrics.json").read_text())
         rows.append((seed, metrics, wall))
+        if status == BELOW_TARGET_STATUS:
+            missed.append(seed)
         print(f"seed {seed}: test {metrics['test_accuracy']:.2%}, val {metrics['val_accuracy']:.2%}, "
-              f"{wall:.0f} s", flush=True)
+              f"{wall:.0f} s{', below the target' if status else ''}", flush=True)
     config = rows[0][1]["config"]
     print(f"\ntrain.py {' '.join(train_options) or '(defaults)'}: {config['epochs']} epochs, batch {config['batch_size']}, "
           f"{config['precision']}; {rows[0][1]['hardware']}\n")
@@ -107,6 +124,10 @@ def accuracy(args, train_options):
     spread = statistics.stdev(tests) if len(tests) > 1 else 0.0
     print(f"| mean ± sd | {statistics.mean(tests):.2f} ± {spread:.2f}% | | "
           f"{statistics.mean(w for *_, w in rows) / 60:.1f} min | |")
+    if missed:
+        print(f"\nbelow --target-accuracy {args.target_accuracy:.2%}: seed {', '.join(map(str, missed))}")
+        return BELOW_TARGET_STATUS
+    return 0
 
 
 def main():
@@ -123,8 +144,15 @@ def main():
     seeds = commands.add_parser("accuracy", help="full training runs over seeds")
     seeds.add_argument("--data", help="mnist.npz or IDX folder (default: Keras download)")
     seeds.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    seeds.add_argument("--target-accuracy", type=float,
+                       help="passed to each train.py run: a test accuracy (0-1) below it fails the benchmark")
     args = parser.parse_args(argv)
-    throughput(args) if args.command == "throughput" else accuracy(args, train_options)
+    if getattr(args, "target_accuracy", None) is not None and not 0 <= args.target_accuracy <= 1:
+        parser.error(f"--target-accuracy must be between 0 and 1 (0.997 for 99.7%), not {args.target_accuracy}")
+    if args.command == "throughput":
+        throughput(args)
+    else:
+        sys.exit(accuracy(args, train_options))
 
 
 if __name__ == "__main__":

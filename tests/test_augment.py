@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+import pipeline
 import train
 from inference import predict
 
@@ -10,7 +11,7 @@ from inference import predict
 def augmented(images, seed, **overrides):
     config = train.TrainConfig(**overrides)
     batch = tf.constant(images[..., None], tf.float32)
-    return train.augment_batch(batch, tf.constant([seed, 0], tf.int64), config).numpy()[..., 0]
+    return pipeline.augment_batch(batch, tf.constant([seed, 0], tf.int64), config).numpy()[..., 0]
 
 
 def test_augmented_digits_are_still_recognised(shipped_model, small_mnist):
@@ -40,5 +41,5 @@ def test_no_augmentation_at_evaluation_or_inference(small_mnist):
     # --no-augment yields the training digits exactly as they are, only reordered.
     config = train.TrainConfig(augment=False, batch_size=50, epochs=1)
     x, y = small_mnist["x_train"], small_mnist["y_train"]
-    images = np.concatenate([batch[0].numpy()[..., 0] for batch in train.make_train_dataset(x, y, config)])
+    images = np.concatenate([batch[0].numpy()[..., 0] for batch in pipeline.make_train_dataset(x, y, config)])
     assert sorted(map(bytes, images.astype(np.uint8))) == sorted(map(bytes, x))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import FusedBatchNormalization, build_model
+from fused_batch_norm import FusedBatchNormalization
+from model import build_model
 
 # (layer class, output shape without the batch axis, parameter count), in order.
 REFERENCE = [
@@ -73,7 +74,7 @@ def test_fused_batch_norm_trains_like_the_stock_layer(shape):
 
 
 def test_fused_model_shares_the_stock_weights():
-    stock, fused = build_model(), build_model(fused_batch_norm=True)
+    stock, fused = build_model(), build_model(batch_norm=FusedBatchNormalization)
     assert [type(layer).__name__ for layer in fused.layers].count("FusedBatchNormalization") == 4
     assert [w.shape for w in fused.weights] == [w.shape for w in stock.weights]
     fused.set_weights(stock.get_weights())

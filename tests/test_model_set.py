@@ -98,7 +98,7 @@ def stage_params():
 def test_killed_at_any_stage_leaves_one_set(folder_with_a_set, stage):
     target, after, expected = STAGES[stage]
     folder = folder_with_a_set
-    args = ["--data", str(FIXTURE), "--epochs", "1", "--batch-size", "32", "--seed", "7", "--out-dir", str(folder)]
+    args = ["--data", str(FIXTURE), "--epochs", "1", "--detector-negatives", "8", "--detector-renderings", "2", "--batch-size", "32", "--seed", "7", "--out-dir", str(folder)]
     result = subprocess.run([sys.executable, "-c", KILLER, target, str(after), *args], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
@@ -126,7 +126,9 @@ def test_a_complete_run_replaces_the_set(folder_with_a_set):
 
 
 def test_a_diverging_run_stops_and_writes_nothing(folder_with_a_set, monkeypatch):
-    """A loss that turns NaN stops the run at once with TrainingDiverged; the old set stays."""
+    """A loss that turns NaN stops the run at once with TrainingDiverged; the old set stays.
+
+    In mixed bfloat16 (what auto picks on many CPUs), so the dtype policy is seen restored after the failure."""
     import keras
 
     folder = folder_with_a_set
@@ -140,8 +142,10 @@ def test_a_diverging_run_stops_and_writes_nothing(folder_with_a_set, monkeypatch
     monkeypatch.setattr(train, "compile_model", compile_with_a_nan_loss)
     before = {p.name: digest(p) for p in folder.iterdir()}
     with pytest.raises(train.TrainingDiverged, match="epoch 1"):
-        train.train(train.TrainConfig(**TINY_DETECTOR, data=str(FIXTURE), epochs=3, batch_size=32, seed=7, out_dir=str(folder)))
+        train.train(train.TrainConfig(**TINY_DETECTOR, data=str(FIXTURE), epochs=3, batch_size=32, seed=7, out_dir=str(folder),
+                                      precision="mixed_bfloat16"))
     assert {p.name: digest(p) for p in folder.iterdir()} == before
+    assert keras.mixed_precision.global_policy().name == "float32"  # a later model is not built in bfloat16
 
 
 def test_two_runs_never_write_into_one_folder(tmp_path):
