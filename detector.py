@@ -1,18 +1,21 @@
 """The "not a digit" detector that train.py fits: a small CNN, apart from the classifier.
 
     data = detector_data(((x_train, y_train), (x_val, y_val), (x_test, y_test)), seed=0)
-    detector, record = fit_detector(data, seed=0)                   # keras model: 28x28 -> score 0-1
+    detector, record = fit_detector(data, seed=0)  # keras model: 28x28 -> score 0-1
 
 The classifier cannot say "none of these": trained on digits only, it maps a letter or a
 doodle onto the nearest digit, often with a high probability, and its own features keep
-only what tells digits apart. So a second network, a tenth of the classifier's arithmetic,
+only what tells digits apart. So a second network, a third of the classifier's arithmetic,
 looks at the same 28x28 input (after predict()'s preprocessing) and learns single digits
 (MNIST's training digits and realistic renderings of them) against generated non-digits
 (synthetic/nondigits.py's "dev" part: letters and symbols, shapes and doodles, several
 digits side by side, photo crops). Its threshold is chosen on validation digits only, so
 that at most FLAG_MNIST of MNIST's validation digits and FLAG_REALISTIC of realistic
 renderings of them are flagged, and folded into its last bias: a digit scores >= 0.5.
-The held-out figures are bench.calibration's.
+What the 28x28 crop cannot show, other digits or writing beside the one cropped, the
+preprocessing measures as rival ink (pieces.py; classifier.MAX_RIVALS). Non-digits that
+are flagged by that are left out of the detector's training: their crop may be one plain
+digit. The held-out figures are bench.calibration's.
 """
 
 import multiprocessing
@@ -28,7 +31,9 @@ FLAG_REALISTIC = 0.01  # ...and of realistic renderings of validation digits
 NEGATIVES_PER_KIND = 1000  # generated non-digits of each kind to learn from
 RENDERINGS_PER_CONDITION = 100  # realistic renderings of training digits, per condition
 MNIST_POSITIVES = 30_000  # training digits it sees (of 54,000: plenty)
-EPOCHS = 12
+EPOCHS = 12  # 16, a wider network, mirrored non-digits or augmentation: no better (README: Not a digit)
+CHANNELS = (16, 32, 32)  # the three convolutions' channels: 1.5 M multiply-adds, a third of the classifier's
+HIDDEN = 64  # the dense layer's units
 CHUNK = 250  # non-digits per worker job
 
 
@@ -120,7 +125,7 @@ def make(job):
             np.array([label for _, label in kept], np.int64))
 
 
-def build_detector():
+def build_detector(channels=CHANNELS, hidden=HIDDEN):
     """The detector network: three small convolutions and a dense layer, one logit out."""
     import keras
     from keras import layers
@@ -128,14 +133,14 @@ def build_detector():
     return keras.Sequential([
         keras.Input((28, 28, 1)),
         layers.Rescaling(1 / 255),
-        layers.Conv2D(16, 3, padding="same", activation="relu"),
+        layers.Conv2D(channels[0], 3, padding="same", activation="relu"),
         layers.MaxPooling2D(2),
-        layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.Conv2D(channels[1], 3, padding="same", activation="relu"),
         layers.MaxPooling2D(2),
-        layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.Conv2D(channels[2], 3, padding="same", activation="relu"),
         layers.MaxPooling2D(2),
         layers.Flatten(),
-        layers.Dense(64, activation="relu"),
+        layers.Dense(hidden, activation="relu"),
         layers.Dropout(0.3),
         layers.Dense(1),
     ], name="not_digit")
