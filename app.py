@@ -8,7 +8,9 @@ image file, and shows the predicted digit with all ten probabilities. The same
 server answers a JSON API:
 
     POST /api/predict   an image as a multipart file field ("image") or as the raw
-                        body -> {"digit": 7, "confidence": 0.99, "probabilities": [...]}
+                        body -> {"digit": 7, "confidence": 0.99, "probabilities": [...],
+                        "is_digit": true, "digit_score": 0.98} (is_digit false: not one digit;
+                        digit is then the best guess)
     POST /api/read-number  the same upload, read as a whole number -> {"number": "472",
                         "confidence": 0.75, "digits": [{"digit": 4, "confidence": 0.91,
                         "box": [x0, y0, x1, y1], "probabilities": [...]}, ...]}

@@ -193,6 +193,8 @@ def load_classifier(path):
     classifier = opened(path, KerasClassifier if path.suffix == ".keras" else Classifier)
     detector = path.parent / DETECTOR_FILE
     classifier.detector = opened(detector, functools.partial(Classifier, width=1)) if detector.is_file() else None
+    if classifier.detector is not None and hasattr(classifier, "lock"):
+        classifier.detector.lock = classifier.lock  # "no batch while workers fork" covers both
     return classifier
 
 

@@ -5,21 +5,25 @@
         sample.kind, sample.name, sample.image       # image: a PIL image
 
 Kinds:
-    letters         Latin letters in handwriting-like fonts from Debian packages (fonts-*)
-    symbols         + = % # @ & ? ! arrows, hearts, stars... in the same fonts and DejaVu
+    letters         Latin letters, half printed in handwriting-like fonts from Debian packages
+                    (fonts-*), half drawn stroke by stroke from Hershey single-stroke fonts by a
+                    wobbly pen; none that reads as a digit when written alone (DIGIT_LIKE)
+    symbols         + = % # @ & ? ! arrows, hearts, stars... the same two ways
     shapes          strokes, shapes, scribbles and doodles, drawn with a wobbly hand
     several digits  2-3 MNIST digits side by side
     photos          natural and object photos, crops of scikit-image's sample images
 
-Letters, symbols, shapes and several digits are drawn through tests/realistic.py's
+Letters, symbols, shapes and several digits are drawn through synthetic/realistic.py's
 conditions (paper, pens, lighting, blur, noise, JPEG...), one condition per image in
 turn, exactly as the realistic digits are. The two parts never share a font, a photo,
-an MNIST digit or a seed: "dev" (choosing the method) and "held-out" (the figures).
+an MNIST digit or a seed: "dev" (what train.py's detector learns from) and "held-out"
+(the figures).
 
-Fonts and photos come from packages: the letters and symbols need some of FONTS
-installed (apt-get install fonts-dkg-handwriting ...; .ci/run does), the photos need
-scikit-image (pip install scikit-image; only its image files are read). available()
-says which kinds can be made here.
+Fonts and photos come from packages: Hershey-Fonts and scikit-image (requirements.txt;
+only scikit-image's image files are read) and, for the printed half of the letters and
+symbols, some of FONTS (apt-get install fonts-dkg-handwriting ...; .ci/run does; without
+them every letter is drawn from the Hershey fonts). available() says which kinds can be
+made here.
 """
 
 import glob
@@ -80,9 +84,9 @@ class Sample(NamedTuple):
 
 
 def available():
-    """The kinds that can be generated here (letters and symbols need fonts, photos scikit-image)."""
+    """The kinds that can be generated here (letters and symbols need Hershey-Fonts, photos scikit-image)."""
     kinds = ["shapes", "several digits"]
-    if all(font_files(part) for part in PARTS):
+    if importlib.util.find_spec("HersheyFonts") is not None:
         kinds[:0] = ["letters", "symbols"]
     if photo_folder() is not None:
         kinds.append("photos")
@@ -138,14 +142,12 @@ def font_files(part):
 def glyphs(characters, part, rngs):
     """(name, raster) of a character per rng, each in a random font of the part that has it: half
     printed by an installed font, half drawn stroke by stroke from a Hershey font by a wobbly pen."""
-    fonts = [ImageFont.truetype(path, 64) for path in font_files(part)]
+    fonts = [ImageFont.truetype(path, 64) for path in font_files(part)]  # none: all drawn from Hershey fonts
     strokes = list(stroke_fonts(part, symbols=characters is SYMBOLS).items())
-    if not fonts:
-        raise RuntimeError(f"no font of the {part} part is installed (apt-get install {' '.join(FONT_PACKAGES)})")
     for rng in rngs:
         raster = None
         while raster is None:  # None: the font lacks the character
-            if rng.random() < 0.5:
+            if rng.random() < 0.5 and fonts:
                 character = characters[rng.integers(len(characters))]
                 font = fonts[rng.integers(len(fonts))]
                 raster, name = render_glyph(character, font), f"{character!r} in {os.path.basename(font.path)}"
