@@ -68,6 +68,7 @@ class Classifier:
     """
 
     detector = None  # a Classifier of width 1, set by load_classifier
+    temperature = 1.0  # the calibration folded into it (set by load_classifier)
 
     def __init__(self, path, threads=None, width=10):
         from ai_edge_litert.interpreter import Interpreter
@@ -138,6 +139,7 @@ class KerasClassifier:
         self.model = model
 
     detector = None
+    temperature = 1.0
     digit_scores = Classifier.digit_scores
 
     def __call__(self, images):
@@ -195,7 +197,24 @@ def load_classifier(path):
     classifier.detector = opened(detector, functools.partial(Classifier, width=1)) if detector.is_file() else None
     if classifier.detector is not None and hasattr(classifier, "lock"):
         classifier.detector.lock = classifier.lock  # "no batch while workers fork" covers both
+    classifier.temperature = folded_temperature(path)
     return classifier
+
+
+def folded_temperature(path):
+    """The temperature train.py folded into this model, from the metrics.json of its set (1: none known).
+
+    number.py's split scoring was fitted on the probabilities before calibration and undoes it.
+    """
+    import json
+
+    try:
+        metrics = json.loads((path.parent / "metrics.json").read_text())
+        if path.name in metrics.get("files", {}):
+            return float(metrics["calibration"]["temperature"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # no set, or an older one: the probabilities are taken as they are
+    return 1.0
 
 
 def opened(path, make):

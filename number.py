@@ -268,7 +268,8 @@ def read_single(source, picture, classifier, name, limits, trace):
     image = preprocess.to_mnist(picture, steps)
     box = steps.box or (0, picture.pixels.shape[0], 0, picture.pixels.shape[1])  # already MNIST: all of it
     trace.input, trace.scale, trace.digits = picture.pixels, picture.scale(), [image]
-    return reading(to_predictions(classifier(image[None])), [whole(picture).box(*box)])
+    scores = classifier.digit_scores(image[None]) if hasattr(classifier, "digit_scores") else None
+    return reading(to_predictions(classifier(image[None]), scores, rivals=[steps.rivals]), [whole(picture).box(*box)])
 
 
 def reading(predictions, boxes):
@@ -288,6 +289,7 @@ class Proposal(NamedTuple):
     images: list  # per candidate: (28x28 model input, box (top, bottom, left, right) in the ink map)
     probabilities: np.ndarray  # per candidate: ten probabilities
     height: float  # the number's digit height in pixels
+    scored: np.ndarray  # the same at the temperature the scoring was tuned at (before calibration)
 
 
 def find_number(ink) -> Optional[Found]:
@@ -341,7 +343,15 @@ def propose(found: Found, classifier) -> Proposal:
     candidates = list_candidates(atoms, parts, found.height)
     images = [candidate_image(atoms, c, found.ink) for c in candidates]
     probabilities = classifier(np.stack([image for image, _ in images]))
-    return Proposal(atoms, candidates, images, probabilities, found.height)
+    return Proposal(atoms, candidates, images, probabilities, found.height,
+                    uncalibrated(probabilities, getattr(classifier, "temperature", 1.0)))
+
+
+def uncalibrated(probabilities, temperature):
+    """softmax(logits) from softmax(logits / temperature): the scale SCORING's weights were fitted on."""
+    scaled = np.log(np.clip(np.asarray(probabilities, np.float64), 1e-30, 1)) * temperature
+    scaled = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    return scaled / scaled.sum(axis=1, keepdims=True)
 
 
 class Piece(NamedTuple):
@@ -908,7 +918,7 @@ def best_split(proposal: Proposal, scoring=SCORING):
     Dynamic programming over the atoms: every atom is part of one digit, or left out (at
     skip_cost) when it is too short to be a digit on its own.
     """
-    atoms, candidates, probabilities, height = proposal.atoms, proposal.candidates, proposal.probabilities, proposal.height
+    atoms, candidates, probabilities, height = proposal.atoms, proposal.candidates, proposal.scored, proposal.height
     count = len(atoms)
     ending = [[] for _ in range(count + 1)]
     for index, candidate in enumerate(candidates):

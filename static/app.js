@@ -7,7 +7,7 @@
 
 (function () {
   const DEBOUNCE_MS = 150;
-  const LOW_CONFIDENCE = 0.5; // the CLI's inference.LOW_CONFIDENCE
+  const LOW_CONFIDENCE = 0.9; // the CLI's inference.LOW_CONFIDENCE
 
   function percent(p) {
     if (p > 0.999) return ">99.9%"; // calibrated: never quite sure

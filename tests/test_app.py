@@ -59,7 +59,7 @@ def assert_prediction(response):
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.mimetype == "application/json"
     body = response.get_json()
-    assert list(body) == ["digit", "confidence", "probabilities"]
+    assert list(body) == ["digit", "confidence", "probabilities", "is_digit", "digit_score"]
     probabilities = body["probabilities"]
     assert len(probabilities) == 10 and all(0 <= p <= 1 for p in probabilities)
     assert sum(probabilities) == pytest.approx(1, abs=1e-3)

@@ -167,6 +167,17 @@ def test_clear_and_an_image_with_no_digit(browser, server_url, tmp_path):
     assert "no digit found" in browser.find_element(By.ID, "message").text.lower()
 
 
+def test_an_image_that_is_not_a_digit_is_called_so(browser, server_url):
+    browser.get(server_url)
+    browser.find_element(By.ID, "file").send_keys(str(ROOT / "docs" / "examples" / "star.png"))
+    assert wait_for_result(browser) == ("done", "?")
+    assert browser.find_element(By.ID, "confidence").text == "not a digit"
+    assert "best guess" in browser.find_element(By.ID, "message").text
+    browser.find_element(By.ID, "file").send_keys(str(ROOT / "sample_test_image" / "7.png"))
+    assert wait_for_result(browser) == ("done", "7")  # and a digit after it is a digit again
+    assert browser.find_element(By.ID, "confidence").text.endswith("% sure")
+
+
 def test_keyboard_reaches_the_controls_and_a_file_can_be_chosen(browser, server_url):
     browser.get(server_url)
     outline = "return getComputedStyle(document.querySelector('label[for=file]')).outlineStyle"
