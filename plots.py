@@ -23,8 +23,8 @@ def plot_history(history, path, test_accuracy, test_loss, label_smoothing):
     Args:
         history: per-epoch metrics, as Keras's History.history.
         path: where the PNG goes.
-        test_accuracy, test_loss: the test set's result (loss: plain cross-entropy), drawn across
-            the panels.
+        test_accuracy, test_loss: the test set's result (loss: plain cross-entropy of the network as
+            trained, before calibration, so that it compares with the epochs'), drawn across the panels.
         label_smoothing: the smoothing the training loss included, named in the legend.
     """
     import matplotlib.pyplot as plt
@@ -63,7 +63,7 @@ def history_figure(history, test_accuracy, test_loss, label_smoothing):
     losses.plot(epochs, history["val_loss"], "o-", color="C1", label=f"validation loss ({smoothing})")
     losses.plot(epochs, history["cross_entropy"], "o--", color="C0", label="training cross-entropy (augmented)")
     losses.plot(epochs, history["val_cross_entropy"], "o--", color="C1", label="validation cross-entropy")
-    losses.axhline(test_loss, color="black", linestyle=":", label=f"test cross-entropy: {test_loss:.4f}")
+    losses.axhline(test_loss, color="black", linestyle=":", label=f"test cross-entropy: {test_loss:.4f} (before calibration)")
     losses.set_yscale("log")
     losses.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     losses.set_ylabel("loss, log scale")

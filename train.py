@@ -263,8 +263,8 @@ def train(config: TrainConfig):
         export_litert(not_digit, staged.path(DETECTOR_FILE))
         calibration.plot_reliability(calibrated.curves, staged.path(RELIABILITY_FILE))
         metrics.update(int8_metrics(staged.path(LITERT_INT8_FILE), staged.path(LITERT_FILE), x_test, y_test))
-        plot_history(fitted.history, staged.path(HISTORY_FILE), metrics["test_accuracy"], metrics["test_loss"],
-                     config.label_smoothing)
+        plot_history(fitted.history, staged.path(HISTORY_FILE), metrics["test_accuracy"],
+                     calibrated.record["mnist_test"]["nll_before"], config.label_smoothing)
         metrics.update(run_record(config, fitted, start, sizes=(len(x_train), len(x_val), len(x_test))))
         metrics["files"] = {name: sha256(staged.path(name)) for name in OUTPUT_FILES if name != METRICS_FILE}
         Path(staged.path(METRICS_FILE)).write_text(json.dumps(metrics, indent=1) + "\n")
