@@ -39,7 +39,7 @@ except ImportError:
 import decode
 import inference
 import parallel
-from classifier import DETECTOR_FILE, DIGIT_THRESHOLD, Classifier, ModelError, cores, load_classifier
+from classifier import DETECTOR_FILE, DIGIT_THRESHOLD, MAX_RIVALS, Classifier, ModelError, cores, load_classifier
 from errors import ImageError, ImageTooLargeError, UnreadableImageError
 from preprocess import SIZE
 
@@ -204,7 +204,8 @@ def prepare_files(batch, systems):
         batch: columns path, location, filesystem (see Files).
         systems: the remote filesystems that `filesystem` indexes.
     Returns:
-        columns path, image (N x 28 x 28 float32, zeros where a file failed), error ("" when fine).
+        columns path, image (N x 28 x 28 float32, zeros where a file failed), rivals (the ink
+        beside each digit, parallel.Prepared.rivals), error ("" when fine).
     """
     decode.use_own_limits()  # as the CLI: decode()'s budget decides what is too large, not Pillow's
     count = len(batch["path"])
@@ -214,13 +215,13 @@ def prepare_files(batch, systems):
             errors[i] = str(picture)
         else:
             pictures[i] = picture
-    images = np.zeros((count, SIZE, SIZE), np.float32)
+    images, rivals = np.zeros((count, SIZE, SIZE), np.float32), np.zeros(count, np.float32)
     for i, prepared in zip(pictures, parallel.prepare_list(list(pictures.values()), [False] * len(pictures))):
         if prepared.error is None:
-            images[i] = prepared.image
+            images[i], rivals[i] = prepared.image, prepared.rivals
         else:
             errors[i] = str(prepared.error)
-    return {"path": batch["path"], "image": images, "error": np.array(errors, object)}
+    return {"path": batch["path"], "image": images, "rivals": rivals, "error": np.array(errors, object)}
 
 
 def read_pictures(batch, systems):
@@ -284,10 +285,10 @@ class ClassifyFiles:
             self.classifier.detector = Classifier(path.parent / DETECTOR_FILE, threads=1, width=1)
 
     def __call__(self, batch):
-        return output_rows(batch["path"], batch["image"], batch["error"], self.classifier)
+        return output_rows(batch["path"], batch["image"], batch["error"], self.classifier, batch["rivals"])
 
 
-def output_rows(paths, images, errors, classifier):
+def output_rows(paths, images, errors, classifier, rivals=None):
     """A pyarrow Table of the output schema; only the files without an error are classified."""
     good = np.array([not error for error in errors], bool)
     probabilities = np.zeros((len(paths), 10), np.float32)
@@ -298,13 +299,14 @@ def output_rows(paths, images, errors, classifier):
             scores[good] = classifier.digit_scores(images[good])
     digits = probabilities.argmax(axis=1)
     scored = good & ~np.isnan(scores)
+    alone = np.ones(len(paths), bool) if rivals is None else np.asarray(rivals) <= MAX_RIVALS  # as predict()
     offsets = pa.array(np.arange(0, 10 * len(paths) + 1, 10, dtype=np.int32))
     return pa.table({
         "path": pa.array([str(path) for path in paths], pa.string()),
         "digit": pa.array(digits.astype(np.int8), mask=~good),
         "confidence": pa.array(probabilities[np.arange(len(paths)), digits], mask=~good),
         "probabilities": pa.ListArray.from_arrays(offsets, pa.array(probabilities.ravel()), mask=pa.array(~good)),
-        "is_digit": pa.array(scores >= DIGIT_THRESHOLD, mask=~scored),
+        "is_digit": pa.array((scores >= DIGIT_THRESHOLD) & alone, mask=~scored),
         "digit_score": pa.array(scores, mask=~scored),
         "error": pa.array([str(error) or None for error in errors], pa.string()),
     }, schema=output_schema())

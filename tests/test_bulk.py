@@ -16,7 +16,7 @@ import uuid
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import bulk
 import test_hostile
@@ -43,8 +43,8 @@ def ray_installed():
 @pytest.fixture(scope="module")
 def images(tmp_path_factory, small_mnist):
     """A folder of 400 real MNIST digits as PNGs, 30 as dark-on-light drawings, 20 as colour JPEGs,
-    bad files, a subfolder with a blank page, a truncated PNG, a FIFO and a broken link, and one
-    with every file of tests/test_hostile.py's catalogue."""
+    bad files, two images that are not one digit, a subfolder with a blank page, a truncated PNG, a
+    FIFO and a broken link, and one with every file of tests/test_hostile.py's catalogue."""
     folder = tmp_path_factory.mktemp("bulk-images")
     digits = np.concatenate([small_mnist["x_train"], small_mnist["x_test"]])
     for i, digit in enumerate(digits):
@@ -60,6 +60,13 @@ def images(tmp_path_factory, small_mnist):
     special = folder / "special"
     special.mkdir()
     Image.new("L", (64, 64), 255).save(special / "blank.png")
+    not_digits = folder / "not-digits"  # is_digit False: the detector's score, and rival ink beside a digit
+    not_digits.mkdir()
+    (not_digits / "star.png").write_bytes((ROOT / "docs" / "examples" / "star.png").read_bytes())
+    rings = Image.new("L", (420, 200), 255)
+    for left in (40, 170, 300):
+        ImageDraw.Draw(rings).ellipse((left, 40, left + 80, 160), outline=0, width=9)
+    rings.save(not_digits / "three-zeros.png")
     (special / "truncated.png").write_bytes((folder / "mnist_000.png").read_bytes()[:60])
     (special / "missing.png").symlink_to(special / "nowhere.png")
     os.mkfifo(special / "pipe.png")
@@ -92,6 +99,8 @@ def assert_same_row(cli, ours, path=None):
         return
     assert ours["error"] is None, ours["error"]
     assert ours["digit"] == cli["digit"]
+    assert ours["is_digit"] == cli["is_digit"]
+    assert abs(ours["digit_score"] - cli["digit_score"]) <= TOLERANCE
     assert abs(ours["confidence"] - cli["confidence"]) <= TOLERANCE
     assert len(ours["probabilities"]) == 10
     assert max(abs(a - b) for a, b in zip(ours["probabilities"], cli["probabilities"])) <= TOLERANCE
@@ -126,9 +135,10 @@ def test_parquet_rows_match_the_cli_row_by_row(parquet_run, images):
     result, out, _ = parquet_run
     assert result.returncode == 0, result.stderr
     table = parquet.read_table(out)
-    assert table.schema.names == ["path", "digit", "confidence", "probabilities", "error"]
+    assert table.schema.names == ["path", "digit", "confidence", "probabilities", "is_digit", "digit_score", "error"]
     ours, cli = table.to_pylist(), cli_rows(images, "--recursive")
-    assert len(ours) == len(cli) == 400 + 30 + 20 + len(BAD_FILES) + 4 + len(test_hostile.FILE_CASES)
+    assert len(ours) == len(cli) == 400 + 30 + 20 + len(BAD_FILES) + 4 + 2 + len(test_hostile.FILE_CASES)
+    assert [row["is_digit"] for row in ours if "/not-digits/" in row["path"]] == [False, False]
     for cli_row, row in zip(cli, ours):  # the same order too: the CLI's
         assert_same_row(cli_row, row)
     failed = {os.path.basename(row["path"]) for row in ours if row["error"] and "/hostile/" not in row["path"]}
@@ -173,7 +183,8 @@ def test_csv_from_a_pyarrow_filesystem_glob(ray_installed, images, tmp_path):
     assert result.returncode == 0, result.stderr
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "digit", "confidence", *(f"p{d}" for d in range(10)), "error"]
+    assert list(rows[0]) == ["path", "digit", "confidence", *(f"p{d}" for d in range(10)), "is_digit", "digit_score",
+                             "error"]
     expected = sorted(p for p in os.listdir(images) if p.endswith(".png") and p[0] in "dn")
     assert [row["path"] for row in rows] == [f"file://{images}/{name}" for name in expected]
     cli = {row["path"]: row for row in cli_rows(images)}
@@ -181,7 +192,8 @@ def test_csv_from_a_pyarrow_filesystem_glob(ray_installed, images, tmp_path):
         ours = {"path": row["path"], "error": row["error"] or None,
                 "digit": int(row["digit"]) if row["digit"] else None,
                 "confidence": float(row["confidence"]) if row["confidence"] else None,
-                "probabilities": [float(row[f"p{d}"]) for d in range(10)] if row["digit"] else None}
+                "probabilities": [float(row[f"p{d}"]) for d in range(10)] if row["digit"] else None,
+                "is_digit": row["is_digit"] == "1", "digit_score": float(row["digit_score"] or "nan")}
         assert_same_row(cli[row["path"].removeprefix("file://")], ours, path=row["path"])
     assert sum(bool(row["error"]) for row in rows) == 1  # notes.png
 
