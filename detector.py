@@ -125,7 +125,7 @@ def make(job):
             np.array([label for _, label in kept], np.int64))
 
 
-def build_detector(channels=CHANNELS, hidden=HIDDEN):
+def build_detector():
     """The detector network: three small convolutions and a dense layer, one logit out."""
     import keras
     from keras import layers
@@ -133,14 +133,14 @@ def build_detector(channels=CHANNELS, hidden=HIDDEN):
     return keras.Sequential([
         keras.Input((28, 28, 1)),
         layers.Rescaling(1 / 255),
-        layers.Conv2D(channels[0], 3, padding="same", activation="relu"),
+        layers.Conv2D(CHANNELS[0], 3, padding="same", activation="relu"),
         layers.MaxPooling2D(2),
-        layers.Conv2D(channels[1], 3, padding="same", activation="relu"),
+        layers.Conv2D(CHANNELS[1], 3, padding="same", activation="relu"),
         layers.MaxPooling2D(2),
-        layers.Conv2D(channels[2], 3, padding="same", activation="relu"),
+        layers.Conv2D(CHANNELS[2], 3, padding="same", activation="relu"),
         layers.MaxPooling2D(2),
         layers.Flatten(),
-        layers.Dense(hidden, activation="relu"),
+        layers.Dense(HIDDEN, activation="relu"),
         layers.Dropout(0.3),
         layers.Dense(1),
     ], name="not_digit")
@@ -165,10 +165,10 @@ def fit_detector(data, seed=0):
 
     val, val_renderings = logits(data.val_digits), logits(data.val_renderings)
     threshold = min(np.quantile(val, FLAG_MNIST), np.quantile(val_renderings, FLAG_REALISTIC))
+    flagged = logits(data.negatives) < threshold  # before the threshold is folded into the bias below
     kernel, bias = network.layers[-1].get_weights()
     network.layers[-1].set_weights([kernel, bias - np.float32(threshold)])  # the threshold at 0 (score 0.5)
     scored = keras.Sequential([network, layers.Activation("sigmoid")], name="not_digit_score")
-    flagged = logits(data.negatives) < threshold
     kinds = list(dict.fromkeys(data.negative_kinds.tolist()))
     return scored, {
         "threshold_logit": float(threshold),
