@@ -39,7 +39,7 @@ except ImportError:
 import decode
 import inference
 import parallel
-from classifier import DETECTOR_FILE, DIGIT_THRESHOLD, MAX_RIVALS, Classifier, ModelError, cores, load_classifier
+from classifier import DETECTOR_FILE, Classifier, ModelError, cores, is_digit, load_classifier
 from errors import ImageError, ImageTooLargeError, UnreadableImageError
 from preprocess import SIZE
 
@@ -299,14 +299,13 @@ def output_rows(paths, images, errors, classifier, rivals=None):
             scores[good] = classifier.digit_scores(images[good])
     digits = probabilities.argmax(axis=1)
     scored = good & ~np.isnan(scores)
-    alone = np.ones(len(paths), bool) if rivals is None else np.asarray(rivals) <= MAX_RIVALS  # as predict()
     offsets = pa.array(np.arange(0, 10 * len(paths) + 1, 10, dtype=np.int32))
     return pa.table({
         "path": pa.array([str(path) for path in paths], pa.string()),
         "digit": pa.array(digits.astype(np.int8), mask=~good),
         "confidence": pa.array(probabilities[np.arange(len(paths)), digits], mask=~good),
         "probabilities": pa.ListArray.from_arrays(offsets, pa.array(probabilities.ravel()), mask=pa.array(~good)),
-        "is_digit": pa.array((scores >= DIGIT_THRESHOLD) & alone, mask=~scored),
+        "is_digit": pa.array(is_digit(scores, rivals), mask=~scored),  # as predict() says it
         "digit_score": pa.array(scores, mask=~scored),
         "error": pa.array([str(error) or None for error in errors], pa.string()),
     }, schema=output_schema())

@@ -3,7 +3,7 @@
     classifier = load_classifier("mnist_cnn_int8.tflite")
     classifier(images)  # N x 28 x 28 (or N x 28 x 28 x 1), 0-255 -> N x 10 float32
     classifier.digit_scores(images)  # N "is this one digit?" scores, 0-1 (None without a detector)
-    to_predictions(classifier(images), classifier.digit_scores(images))  # -> a Prediction each
+    predictions_of(classifier, images)  # -> a Prediction each, with the detector's verdict
 
 A .tflite file runs on LiteRT (no TensorFlow), with as many threads as this process
 may use cores; a .keras file or a keras.Model runs on Keras (needs TensorFlow). The
@@ -44,17 +44,28 @@ class Prediction(NamedTuple):
 def to_predictions(probabilities, digit_scores=None, digit_threshold=DIGIT_THRESHOLD, rivals=None):
     """N x 10 probabilities (a classifier's output) -> N Predictions.
 
-    With the detector's N digit scores, an image is a digit when its score is at least
-    `digit_threshold` and (given the preprocessing's N `rivals`) no more than MAX_RIVALS
-    of ink lies beside it in digit-sized pieces.
+    With the detector's N digit scores, each gets is_digit(scores, rivals, digit_threshold).
     """
     digits, rows = probabilities.argmax(axis=1).tolist(), probabilities.tolist()
     if digit_scores is None:
         return [Prediction(digit, row[digit], tuple(row)) for digit, row in zip(digits, rows)]
-    alone = np.ones(len(rows), bool) if rivals is None else np.asarray(rivals) <= MAX_RIVALS
-    return [Prediction(digit, row[digit], tuple(row), score >= digit_threshold and one, score)
-            for digit, row, score, one in zip(digits, rows, np.asarray(digit_scores, np.float64).tolist(),
-                                              alone.tolist())]
+    verdicts = is_digit(digit_scores, rivals, digit_threshold).tolist()
+    return [Prediction(digit, row[digit], tuple(row), verdict, score)
+            for digit, row, verdict, score in zip(digits, rows, verdicts, np.asarray(digit_scores, np.float64).tolist())]
+
+
+def is_digit(digit_scores, rivals=None, digit_threshold=DIGIT_THRESHOLD):
+    """N booleans: the score is at least `digit_threshold` and (given the preprocessing's N
+    `rivals`) no more than MAX_RIVALS of ink lies beside the digit in digit-sized pieces."""
+    verdicts = np.asarray(digit_scores) >= digit_threshold
+    return verdicts if rivals is None else verdicts & (np.asarray(rivals) <= MAX_RIVALS)
+
+
+def predictions_of(classifier, images, digit_threshold=DIGIT_THRESHOLD, rivals=None):
+    """The Predictions of N 28x28 model inputs: `classifier`'s probabilities and, when it has a
+    detector, its verdict (any callable giving N x 10 probabilities will do)."""
+    scores = classifier.digit_scores(images) if hasattr(classifier, "digit_scores") else None
+    return to_predictions(classifier(images), scores, digit_threshold, rivals)
 
 
 class ModelError(RuntimeError):

@@ -35,7 +35,7 @@ import decode
 import explain
 import number
 import parallel
-from classifier import DIGIT_THRESHOLD, KerasClassifier, ModelError, Prediction, cores, load_classifier, to_predictions
+from classifier import DIGIT_THRESHOLD, KerasClassifier, ModelError, Prediction, cores, load_classifier, predictions_of
 from cli import OneLineParser
 from errors import ImageError, ImageTooLargeError, NoDigitError, UnreadableImageError
 from number import DigitReading, NumberReading
@@ -87,7 +87,7 @@ def predict(images, model=None, digit_threshold=DIGIT_THRESHOLD):
         prepared = parallel.prepare(images)
         if prepared.error is not None:
             raise prepared.error
-        return predictions_of(prepared.image[None], classifier, digit_threshold, [prepared.rivals])[0]
+        return predictions_of(classifier, prepared.image[None], digit_threshold, [prepared.rivals])[0]
     predictions = []
     for batch, batch_predictions in classify(images, classifier, digit_threshold=digit_threshold):
         error = next((e for e in batch.errors if e is not None), None)
@@ -157,13 +157,7 @@ def classify(images, classifier, workers=None, traces=0, digit_threshold=DIGIT_T
         good = [i for i, error in enumerate(batch.errors) if error is None]
         whole = len(good) == len(batch.errors)
         images, rivals = (batch.images, batch.rivals) if whole else (batch.images[good], batch.rivals[good])
-        yield batch, predictions_of(images, classifier, digit_threshold, rivals) if good else []
-
-
-def predictions_of(images, classifier, digit_threshold, rivals):
-    """Predictions of N 28x28 model inputs: the classifier's probabilities and the detector's verdict."""
-    scores = classifier.digit_scores(images) if hasattr(classifier, "digit_scores") else None
-    return to_predictions(classifier(images), scores, digit_threshold, rivals)
+        yield batch, predictions_of(classifier, images, digit_threshold, rivals) if good else []
 
 
 def is_many(images):

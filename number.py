@@ -30,7 +30,7 @@ import numpy as np
 import decode
 import pieces
 import preprocess
-from classifier import Prediction, to_predictions
+from classifier import Prediction, predictions_of, to_predictions
 from decode import Picture
 from errors import NoDigitError
 
@@ -268,8 +268,7 @@ def read_single(source, picture, classifier, name, limits, trace):
     image = preprocess.to_mnist(picture, steps)
     box = steps.box or (0, picture.pixels.shape[0], 0, picture.pixels.shape[1])  # already MNIST: all of it
     trace.input, trace.scale, trace.digits = picture.pixels, picture.scale(), [image]
-    scores = classifier.digit_scores(image[None]) if hasattr(classifier, "digit_scores") else None
-    return reading(to_predictions(classifier(image[None]), scores, rivals=[steps.rivals]), [whole(picture).box(*box)])
+    return reading(predictions_of(classifier, image[None], rivals=[steps.rivals]), [whole(picture).box(*box)])
 
 
 def reading(predictions, boxes):
