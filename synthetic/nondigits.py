@@ -10,7 +10,7 @@ Kinds:
                     wobbly pen; none that reads as a digit when written alone (DIGIT_LIKE)
     symbols         + = % # @ & ? ! arrows, hearts, stars... the same two ways
     shapes          strokes, shapes, scribbles and doodles, drawn with a wobbly hand
-    several digits  2-3 MNIST digits side by side
+    several digits  2-3 MNIST digits written as a number (synthetic/realistic_numbers.py)
     photos          natural and object photos, crops of scikit-image's sample images
 
 Letters, symbols, shapes and several digits are drawn through synthetic/realistic.py's
@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from synthetic.realistic import CONDITIONS, Digit, load_digits, skeleton
+from synthetic.realistic_numbers import TOUCHING_SHARE, Layout, Number, compose_number
 
 KINDS = ("letters", "symbols", "shapes", "several digits", "photos")
 PARTS = ("dev", "held-out")
@@ -68,6 +69,10 @@ SYMBOLS = "+=%#@&?!$*§€£¥×÷<>~^{}[]→←↑↓↔♥♦♣♠★☆✓�
 STROKE_FONTS = {"dev": ("futural", "scripts", "timesr", "rowmans"),
                 "held-out": ("futuram", "scriptc", "cursive", "timesi", "rowmand")}
 SYMBOL_STROKE_FONTS = {"dev": ("symbolic", "meteorology"), "held-out": ("markers", "astrology")}
+# Characters that two of the symbol fonts draw as plain text, not as symbols: their letters and
+# digits (a 7 is no symbol), and glyphs that are a bracket, a tick or a digit's shape.
+ALPHANUMERIC = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+TEXT_GLYPHS = {"astrology": ALPHANUMERIC + "()'\"-", "meteorology": ALPHANUMERIC + "![]~"}
 PHOTOS = {
     "dev": ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coins.png", "grass.png",
             "hubble_deep_field.jpg", "moon.png", "motorcycle_left.png", "page.png"),
@@ -116,13 +121,12 @@ def generate(kind, count, part="held-out", seed=0, digits=None, first=0):
             digits = load_digits(split="train" if part == "dev" else "test")[0]
         items = (several_digits(digits, rng) for rng in rngs)
     elif kind in ("letters", "symbols"):
-        items = glyphs(LETTERS if kind == "letters" else SYMBOLS, part, rngs)
+        items = ((name, drawn(raster)) for name, raster in glyphs(LETTERS if kind == "letters" else SYMBOLS, part, rngs))
     else:
-        items = (doodle(rng) for rng in rngs)
+        items = ((name, drawn(raster)) for name, raster in (doodle(rng) for rng in rngs))
     renderers = list(CONDITIONS.items())
-    for i, (name, raster) in zip(numbers, items):
+    for i, (name, shape) in zip(numbers, items):
         condition, render = renderers[(i + PART_SEEDS[part]) % len(renderers)]
-        shape = Digit(raster, skeleton(raster)[1])  # drawn as a condition draws a digit
         image = render(shape, np.random.default_rng([seed, PART_SEEDS[part], KINDS.index(kind), i, 7]))
         yield Sample(kind, f"{name}, {condition}", image)
 
@@ -174,7 +178,8 @@ def stroke_fonts(part, symbols=False):
         for character in map(chr, range(33, 127)):
             strokes = [list(stroke) for stroke in font.strokes_for_text(character)]
             points = np.array([point for stroke in strokes for point in stroke], np.float64).reshape(-1, 2)
-            if len(points) < 2 or (symbols and len(strokes) < 2) or (not symbols and character in DIGIT_LIKE):
+            if len(points) < 2 or (symbols and (len(strokes) < 2 or character in TEXT_GLYPHS.get(name, ""))) or (
+                    not symbols and character in DIGIT_LIKE):
                 continue
             low, extent = points.min(axis=0), max(np.ptp(points, axis=0).max(), 1e-6)
             glyphs[character] = [[tuple((np.asarray(point) - low) / extent) for point in stroke] for stroke in strokes]
@@ -346,21 +351,18 @@ def hand_drawn(strokes, rng, angle=0.3, stretch=(0.75, 1.3)):
 # ----------------------------------------------------------------------------- several digits
 
 def several_digits(digits, rng):
-    """(name, raster): 2 or 3 MNIST digits side by side, close or touching, a little up and down."""
+    """(name, shape): 2 or 3 MNIST digits written as a number (synthetic/realistic_numbers.py: its
+    gaps, baseline and slant; a third of them with one touching pair), in a scene wide enough."""
     count = int(rng.integers(2, 4))
-    chosen = rng.choice(len(digits), count, replace=False)
-    field = np.zeros((40, 32 * count + 8), np.uint8)
-    x = 4
-    for index in chosen:
-        digit = digits[index]
-        cols = np.flatnonzero(digit.max(axis=0))
-        crop = digit[:, cols[0]:cols[-1] + 1]
-        y = int(rng.integers(2, 11))
-        width = crop.shape[1]
-        field[y:y + 28, x:x + width] = np.maximum(field[y:y + 28, x:x + width], crop)
-        x += width + int(rng.integers(-2, 7))
-    rows, cols = np.nonzero(field)
-    return f"{count} digits", field[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    number, _ = compose_number(digits, np.zeros(len(digits), np.int64), rng, touching=rng.random() < TOUCHING_SHARE,
+                               length=count)
+    return f"{count} digits", number
+
+
+def drawn(raster):
+    """A raster as the conditions draw it: like one digit, in a scene as wide as the raster needs (a
+    digit's scene would cut off the ends of a wide one: an arrow, a 'm', a row of shapes)."""
+    return Number([Digit(raster, skeleton(raster)[1])], [Layout(size=1.0, drop=0.0, slant=0.0, gap=0.0)], None)
 
 
 # ----------------------------------------------------------------------------- photos

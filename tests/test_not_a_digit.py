@@ -5,6 +5,7 @@ Fast: the committed fixture's digits and a few generated non-digits. The figures
 held-out sets are bench.calibration's.
 """
 
+import ast
 import csv
 import io
 import json
@@ -19,7 +20,7 @@ import inference
 import parallel
 from classifier import MAX_RIVALS, load_classifier, to_predictions
 from conftest import ROOT
-from synthetic import nondigits
+from synthetic import nondigits, realistic
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,27 @@ def test_generated_non_digits_are_flagged(detector_model, kind, share):
     images = [s.image for s in nondigits.generate(kind, 40, part="held-out")]
     assert flag_rate(images) >= share
     assert flag_rate(images, digit_threshold=0) <= flag_rate(images)  # 0: only rival ink flags
+
+
+def test_symbols_are_no_digits_and_letters_no_digit_likes():
+    if "symbols" not in nondigits.available():
+        pytest.skip("needs Hershey-Fonts (pip install -r requirements.txt)")
+    for part in nondigits.PARTS:
+        symbols = [ast.literal_eval(s.name.split(" in ")[0]) for s in nondigits.generate("symbols", 120, part)]
+        letters = [ast.literal_eval(s.name.split(" in ")[0]) for s in nondigits.generate("letters", 60, part)]
+        assert not [c for c in symbols if c.isdigit()], part  # some symbol fonts draw digits as digits
+        assert set(letters) <= set(nondigits.LETTERS), part
+
+
+def test_a_wide_drawing_fits_its_scene(small_mnist):
+    """Several digits, or any wide raster, are drawn whole: none runs off the picture's edge."""
+    wide = np.zeros((50, 200), np.uint8)
+    wide[:, :8] = wide[:, -8:] = wide[:8] = wide[-8:] = 255  # a box four times as wide as tall
+    shapes = [nondigits.drawn(wide)] + [nondigits.several_digits(small_mnist["x_test"], np.random.default_rng(i))[1]
+                                        for i in range(12)]
+    for i, shape in enumerate(shapes):
+        ink = np.asarray(realistic.dark_on_light(shape, np.random.default_rng(i)).convert("L")) < 128
+        assert ink.any() and not (ink[:, 0].any() or ink[:, -1].any() or ink[0].any() or ink[-1].any()), i
 
 
 def star_png():
