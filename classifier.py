@@ -204,12 +204,18 @@ def load_classifier(path):
     if not path.is_file():
         raise ModelError(f"{path}: no such model file (train one with: python train.py)")
     classifier = opened(path, KerasClassifier if path.suffix == ".keras" else Classifier)
-    detector = path.parent / DETECTOR_FILE
-    classifier.detector = opened(detector, functools.partial(Classifier, width=1)) if detector.is_file() else None
+    classifier.detector = detector_beside(path)
     if classifier.detector is not None and hasattr(classifier, "lock"):
         classifier.detector.lock = classifier.lock  # "no batch while workers fork" covers both
     classifier.temperature = folded_temperature(path)
     return classifier
+
+
+def detector_beside(path, threads=None):
+    """The "not a digit" detector in a model file's folder (a Classifier of width 1), or None when
+    there is none; raise ModelError if it cannot be loaded."""
+    detector = Path(path).parent / DETECTOR_FILE
+    return opened(detector, functools.partial(Classifier, threads=threads, width=1)) if detector.is_file() else None
 
 
 def folded_temperature(path):
