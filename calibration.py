@@ -37,6 +37,11 @@ def softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
+def uncalibrated(probabilities, temperature):
+    """softmax(logits) from calibrated softmax(logits / temperature): the probabilities before scaling."""
+    return softmax(np.log(np.clip(np.asarray(probabilities, np.float64), 1e-30, 1)) * temperature)
+
+
 def negative_log_likelihood(probabilities, labels):
     """Mean -log p(true label); probabilities are clipped at 1e-12 so a sure mistake stays finite."""
     p = np.asarray(probabilities, np.float64)[np.arange(len(labels)), labels]

@@ -30,6 +30,7 @@ import numpy as np
 import decode
 import pieces
 import preprocess
+from calibration import uncalibrated
 from classifier import Prediction, predictions_of, to_predictions
 from decode import Picture
 from errors import NoDigitError
@@ -342,15 +343,9 @@ def propose(found: Found, classifier) -> Proposal:
     candidates = list_candidates(atoms, parts, found.height)
     images = [candidate_image(atoms, c, found.ink) for c in candidates]
     probabilities = classifier(np.stack([image for image, _ in images]))
+    # SCORING's weights were fitted on the probabilities before calibration
     return Proposal(atoms, candidates, images, probabilities, found.height,
                     uncalibrated(probabilities, getattr(classifier, "temperature", 1.0)))
-
-
-def uncalibrated(probabilities, temperature):
-    """softmax(logits) from softmax(logits / temperature): the scale SCORING's weights were fitted on."""
-    scaled = np.log(np.clip(np.asarray(probabilities, np.float64), 1e-30, 1)) * temperature
-    scaled = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-    return scaled / scaled.sum(axis=1, keepdims=True)
 
 
 class Piece(NamedTuple):

@@ -22,7 +22,6 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 import calibration
-
 from classifier import DETECTOR_FILE, DIGIT_THRESHOLD
 from cli import OneLineParser
 from data import DataError, file_kind, load_mnist

@@ -55,7 +55,7 @@ def rendered(samples, model):
 def calibration_row(name, probabilities, labels, temperature):
     good = ~np.isnan(probabilities[:, 0])
     p, y = probabilities[good], labels[good]
-    before = calibration.softmax(np.log(np.clip(p, 1e-30, 1)) * temperature)
+    before = calibration.uncalibrated(p, temperature)
     return (f"| {name} | {len(y):,} | {(p.argmax(1) == y).mean():.2%} | {calibration.expected_calibration_error(before, y):.2%} "
             f"| {calibration.expected_calibration_error(p, y):.2%} | {calibration.negative_log_likelihood(before, y):.4f} "
             f"| {calibration.negative_log_likelihood(p, y):.4f} |")
