@@ -92,15 +92,16 @@ class Scoring(NamedTuple):
     Chosen on numbers composed of MNIST *training* digits (python -m bench.number_accuracy --tune).
     """
 
-    digit_bonus: float = -0.738  # per digit: how readily a wide piece is split
-    cut_cost: float = 0.646  # per stroke a cut between two digits goes through
-    part_cost: float = 0.591  # per end of a digit that is a cut (a digit made of part of a piece)
-    short_cost: float = 27.973  # per digit height a digit is shorter than SHORT (fragments are short)
-    wide_cost: float = 3.172  # per digit height a digit is wider than WIDE_DIGIT (pairs are wide)
-    wide_one_cost: float = 0.308  # per digit height a 1 is wider than NARROW_ONE
-    margin_weight: float = 0.493  # times the log ratio of the top two probabilities
-    join_cost: float = 0.634  # per digit-tall piece joined to another into one digit
-    skip_cost: float = 0.598  # for leaving out an atom shorter than SHORT (a speck, a stray mark)
+    digit_bonus: float = -0.889  # per digit: how readily a wide piece is split
+    cut_cost: float = 0.075  # per stroke a cut between two digits goes through
+    part_cost: float = 0.915  # per end of a digit that is a cut (a digit made of part of a piece)
+    short_cost: float = 27.812  # per digit height a digit is shorter than SHORT (fragments are short)
+    wide_cost: float = 3.235  # per digit height a digit is wider than WIDE_DIGIT (pairs are wide)
+    wide_one_cost: float = 0.669  # per digit height a 1 is wider than NARROW_ONE
+    margin_weight: float = 0.304  # times the log ratio of the top two probabilities
+    join_cost: float = 0.834  # per digit-tall piece joined to another into one digit
+    one_digit_weight: float = 0.883  # times the log of the detector's "one digit" score
+    skip_cost: float = 0.817  # for leaving out an atom shorter than SHORT (a speck, a stray mark)
 
 
 SCORING = Scoring()
@@ -290,6 +291,7 @@ class Proposal(NamedTuple):
     probabilities: np.ndarray  # per candidate: ten probabilities
     height: float  # the number's digit height in pixels
     scored: np.ndarray  # the same at the temperature the scoring was tuned at (before calibration)
+    digit_scores: Optional[np.ndarray] = None  # per candidate: the detector's "one digit" score (None: no detector)
 
 
 def find_number(ink) -> Optional[Found]:
@@ -342,10 +344,12 @@ def propose(found: Found, classifier) -> Proposal:
     atoms, parts = make_atoms(found.pieces, found.strokes, slant, found.height)
     candidates = list_candidates(atoms, parts, found.height)
     images = [candidate_image(atoms, c, found.ink) for c in candidates]
-    probabilities = classifier(np.stack([image for image, _ in images]))
+    batch = np.stack([image for image, _ in images])
+    probabilities = classifier(batch)
+    digit_scores = classifier.digit_scores(batch) if hasattr(classifier, "digit_scores") else None
     # SCORING's weights were fitted on the probabilities before calibration
     return Proposal(atoms, candidates, images, probabilities, found.height,
-                    uncalibrated(probabilities, getattr(classifier, "temperature", 1.0)))
+                    uncalibrated(probabilities, getattr(classifier, "temperature", 1.0)), digit_scores)
 
 
 class Piece(NamedTuple):
@@ -874,25 +878,29 @@ def is_digit_run(group, parts):
     return partial <= 1
 
 
-def candidate_features(atoms, candidate, probabilities):
-    """A candidate digit's terms, in the order of Scoring's weights (costs negative):
+def candidate_features(proposal, index):
+    """Candidate `index`'s terms, in the order of Scoring's weights (costs negative):
     (1 per digit, strokes cut at its left, ends that are cuts, shortness, wideness, a wide 1's
-    wideness, log ratio of its top two probabilities, digit-tall pieces joined)."""
+    wideness, log ratio of its top two probabilities, digit-tall pieces joined, log of the
+    detector's "one digit" score)."""
+    atoms, candidate, probabilities = proposal.atoms, proposal.candidates[index], proposal.scored[index]
     top_two = np.sort(probabilities)[-2:]
     cut_left = atoms[candidate.start].cut
     cut_right = atoms[candidate.stop].cut if candidate.stop < len(atoms) else 0.0
+    # two touching digits read as one (a 5 and a 6 as an 8) are what the detector learnt to flag
+    one_digit = 0.0 if proposal.digit_scores is None else math.log(max(float(proposal.digit_scores[index]), 1e-4))
     return np.array([1.0, -cut_left, -float((cut_left > 0) + (cut_right > 0)),
                      -max(0.0, SHORT - candidate.height), -max(0.0, candidate.width - WIDE_DIGIT),
                      -float(probabilities.argmax() == 1) * max(0.0, candidate.width - NARROW_ONE),
                      math.log(max(float(top_two[1]), 1e-6) / max(float(top_two[0]), 1e-6)),
-                     -float(candidate.joins)])
+                     -float(candidate.joins), one_digit])
 
 
-def candidate_score(atoms, candidate, probabilities, scoring):
-    """A candidate digit's score: its log probability plus the Scoring's weights times its terms."""
+def candidate_score(proposal, index, scoring):
+    """Candidate `index`'s score: its log probability plus the Scoring's weights times its terms."""
     weights = np.array(scoring[:-1])  # all but skip_cost
-    confidence = math.log(max(float(probabilities.max()), 1e-6))
-    return confidence + float(weights @ candidate_features(atoms, candidate, probabilities))
+    confidence = math.log(max(float(proposal.scored[index].max()), 1e-6))
+    return confidence + float(weights @ candidate_features(proposal, index))
 
 
 def candidate_image(atoms, candidate, ink):
@@ -912,7 +920,7 @@ def best_split(proposal: Proposal, scoring=SCORING):
     Dynamic programming over the atoms: every atom is part of one digit, or left out (at
     skip_cost) when it is too short to be a digit on its own.
     """
-    atoms, candidates, probabilities, height = proposal.atoms, proposal.candidates, proposal.scored, proposal.height
+    atoms, candidates, height = proposal.atoms, proposal.candidates, proposal.height
     count = len(atoms)
     ending = [[] for _ in range(count + 1)]
     for index, candidate in enumerate(candidates):
@@ -928,7 +936,7 @@ def best_split(proposal: Proposal, scoring=SCORING):
         for index in ending[stop]:
             candidate = candidates[index]
             if np.isfinite(best[candidate.start]):
-                score = best[candidate.start] + candidate_score(atoms, candidate, probabilities[index], scoring)
+                score = best[candidate.start] + candidate_score(proposal, index, scoring)
                 if score > best[stop]:
                     best[stop], back[stop] = score, index
     if not np.isfinite(best[count]):

@@ -223,8 +223,7 @@ class Split(NamedTuple):
 
 def split_terms(proposal, chosen):
     """The Split of these candidates: summed candidate_features, atoms left out."""
-    terms = sum((number.candidate_features(proposal.atoms, proposal.candidates[i], proposal.probabilities[i])
-                 for i in chosen), np.zeros(len(number.SCORING) - 1))
+    terms = sum((number.candidate_features(proposal, i) for i in chosen), np.zeros(len(number.SCORING) - 1))
     covered = sum(proposal.candidates[i].stop - proposal.candidates[i].start for i in chosen)
     return Split(chosen, terms, len(proposal.atoms) - covered)
 
@@ -247,7 +246,7 @@ def best_right_split(proposal, text, scoring):
             for index in ending[stop] if read else ():
                 start = candidates[index].start
                 if (start, read - 1) in best and str(digits[index]) == text[read - 1]:
-                    value = number.candidate_score(atoms, candidates[index], probabilities[index], scoring)
+                    value = number.candidate_score(proposal, index, scoring)
                     options.append((best[(start, read - 1)][0] + value, index))
             if options:
                 best[(stop, read)] = max(options, key=lambda o: o[0])
