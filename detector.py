@@ -146,7 +146,7 @@ def build_detector():
     ], name="not_digit")
 
 
-def fit_detector(data, seed=0):
+def fit_detector(data, seed=0, epochs=EPOCHS):
     """Fit the detector; return (keras model giving a 0-1 score, >= 0.5 for a digit; its record)."""
     import keras
     from keras import layers
@@ -158,7 +158,7 @@ def fit_detector(data, seed=0):
     keras.utils.set_random_seed(seed)
     network = build_detector()
     network.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    network.fit(x, y, sample_weight=weight, epochs=EPOCHS, batch_size=256, shuffle=True, verbose=0)
+    network.fit(x, y, sample_weight=weight, epochs=epochs, batch_size=256, shuffle=True, verbose=0)
 
     def logits(images):
         return network.predict(np.asarray(images, np.float32)[..., None], batch_size=1000, verbose=0)[:, 0]

@@ -24,7 +24,7 @@ def split_validation(x, y, fraction, seed):
 
 
 def augment_batch(images, seed, config):
-    """Randomly rotate, scale, shear, shift and thin/thicken a batch of 28x28x1 images.
+    """Randomly rotate, scale, squeeze, shear, shift and thin/thicken a batch of 28x28x1 images.
 
     Stateless random ops keyed by `seed` keep a seeded run repeatable even though
     batches are augmented in parallel.
@@ -37,14 +37,21 @@ def augment_batch(images, seed, config):
     def uniform(i, limit):
         return tf.random.stateless_uniform([n], seeds[i], -limit, limit)
 
+    def uniform_apart(i, limit):  # a stream of its own: the six above draw what they drew before it
+        return tf.random.stateless_uniform([n], tf.random.experimental.stateless_fold_in(seed, i), -limit, limit)
+
     angle = uniform(0, math.radians(config.rotation))
     scale = 1.0 + uniform(1, config.zoom)
     shear = uniform(2, config.shear)
     shift_x, shift_y = uniform(3, config.shift), uniform(4, config.shift)
+    # Squeeze: below 0 narrower (a narrow digit in MNIST form), above 0 flatter (a wide one,
+    # fitted to its width).
+    squeeze = uniform_apart(6, config.squeeze)
+    narrower, flatter = 1 - tf.maximum(-squeeze, 0), 1 - tf.maximum(squeeze, 0)
     # The transform maps output pixel coordinates to input ones, about the image centre.
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    a0, a1 = cos, -sin + shear * cos
-    b0, b1 = sin, cos + shear * sin
+    a0, a1 = cos / narrower, (-sin + shear * cos) / narrower
+    b0, b1 = sin / flatter, (cos + shear * sin) / flatter
     c = 13.5
     a2 = c - a0 * c - a1 * c - shift_x
     b2 = c - b0 * c - b1 * c - shift_y

@@ -4,7 +4,8 @@
 
 Renders `count` different MNIST test digits under each condition of
 synthetic/realistic.py (a photo, scan or drawing each), classifies them through
-inference.predict() (the full preprocessing) and prints a Markdown table. Then
+inference.predict() (the full preprocessing) and prints a Markdown table, with the
+digits of hard shapes (SHAPES: stretched 16x16 rasters, very narrow, very wide) apart. Then
 runs all 10,000 MNIST test images through predict() and, for comparison, the raw
 arrays straight into the model, which is what the model's own test accuracy means.
 """
@@ -20,15 +21,15 @@ import data
 import decode
 import inference
 import preprocess
-from synthetic.realistic import CONDITIONS, generate
+from synthetic.realistic import CONDITIONS, SHAPES, generate
 
 BATCH = 256  # samples rendered, then classified together
 
 
-def realistic_table(x, y, count, model, seed):
+def realistic_table(x, y, count, model, seed, conditions=tuple(CONDITIONS)):
     """Return {condition: [right, total, rejected]} for `count` digits per condition."""
-    results = {name: [0, 0, 0] for name in CONDITIONS}
-    samples = generate(x, y, per_condition=count, seed=seed)
+    results = {name: [0, 0, 0] for name in conditions}
+    samples = generate(x, y, per_condition=count, conditions=conditions, seed=seed)
     while True:
         chunk = list(islice(samples, BATCH))
         if not chunk:
@@ -41,6 +42,19 @@ def realistic_table(x, y, count, model, seed):
             results[sample.condition][2] += outcome.error is not None
 
 
+def print_table(results, heading):
+    """Print results as a Markdown table with an overall row; return the number of images."""
+    print(f"| {heading} | accuracy |")
+    print("|---|---:|")
+    for name, (right, total, rejected) in results.items():
+        note = f" ({rejected} rejected as blank)" if rejected else ""
+        print(f"| {name} | {right / total:.1%}{note} |")
+    right = sum(r[0] for r in results.values())
+    total = sum(r[1] for r in results.values())
+    print(f"| **overall** ({total} images) | **{right / total:.2%}** |")
+    return total
+
+
 def mnist_accuracy(x, y, model):
     """Return (through predict(), raw arrays into the model) accuracy on MNIST arrays."""
     through = np.array([p.digit for p in inference.predict(x, model=model)])
@@ -49,11 +63,11 @@ def mnist_accuracy(x, y, model):
 
 
 def write_examples(x, y, path, seed):
-    """Save one rendering per condition, each with the 28x28 input predict() makes of it."""
+    """Save one rendering per condition and hard shape, each with the 28x28 input predict() makes of it."""
     from PIL import Image, ImageDraw
 
     tile, label_h, columns = 120, 14, 8
-    samples = list(generate(x, y, per_condition=1, seed=seed))
+    samples = list(generate(x, y, per_condition=1, conditions=list(CONDITIONS) + list(SHAPES), seed=seed))
     rows = -(-len(samples) // columns)
     sheet = Image.new("RGB", (columns * tile, rows * (2 * tile + label_h)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -89,15 +103,10 @@ def main(argv=None):
     start = time.perf_counter()
     results = realistic_table(x, y, args.count, args.model, args.seed)
     seconds = time.perf_counter() - start
-    print(f"| condition ({args.count} MNIST test digits each, seed {args.seed}) | accuracy |")
-    print("|---|---:|")
-    for name, (right, total, rejected) in results.items():
-        note = f" ({rejected} rejected as blank)" if rejected else ""
-        print(f"| {name} | {right / total:.1%}{note} |")
-    right = sum(r[0] for r in results.values())
-    total = sum(r[1] for r in results.values())
-    print(f"| **overall** ({total} images) | **{right / total:.2%}** |")
-    print(f"\n{total} images in {seconds:.0f} s ({1000 * seconds / total:.0f} ms each, rendering included)")
+    total = print_table(results, f"condition ({args.count} MNIST test digits each, seed {args.seed})")
+    print(f"\n{total} images in {seconds:.0f} s ({1000 * seconds / total:.0f} ms each, rendering included)\n")
+    shapes = realistic_table(x, y, args.count, args.model, args.seed, tuple(SHAPES))
+    print_table(shapes, f"digits of hard shapes ({args.count} MNIST test digits each, seed {args.seed})")
 
     through, raw = mnist_accuracy(x, y, args.model)
     print(f"\nMNIST test set ({len(x)} images): raw arrays into the model {raw:.2%}, "

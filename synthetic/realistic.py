@@ -96,10 +96,11 @@ def segments(thin):
     return np.array(pairs, np.float32) / 112
 
 
-def pen_mask(thin, height, width_px):
-    """Return a float 0-1 coverage mask of the digit drawn with a round pen, `height` pixels tall."""
-    pieces = segments(thin)
-    points = np.argwhere(thin).astype(np.float32) / 112
+def pen_mask(thin, height, width_px, stretch=1.0):
+    """Return a float 0-1 coverage mask of the digit drawn with a round pen, `height` pixels tall
+    and `stretch` times as wide as it was written (the pen's own width stays)."""
+    points = np.argwhere(thin).astype(np.float32) / 112 * [1, stretch]
+    pieces = segments(thin) * [1, stretch, 1, stretch]
     extent = points.max(axis=0) - points.min(axis=0)
     scale = height / max(extent[0], 1e-3) * SUPERSAMPLE
     pen = max(1, round(width_px * SUPERSAMPLE))
@@ -138,9 +139,9 @@ class Digit(NamedTuple):
     image: np.ndarray  # 28x28 uint8
     thin: np.ndarray  # its skeleton (skeleton(image)[1])
 
-    def pen(self, height, width_px):
-        """Coverage (0-1) of the digit drawn `height` pixels tall with a round pen."""
-        return pen_mask(self.thin, height, width_px)
+    def pen(self, height, width_px, stretch=1.0):
+        """Coverage (0-1) of the digit drawn `height` pixels tall with a round pen, `stretch` times as wide."""
+        return pen_mask(self.thin, height, width_px, stretch)
 
     def pencil(self, height):
         """Coverage of the digit's own grey profile, `height` pixels tall."""
@@ -456,20 +457,68 @@ CONDITIONS = {
 }
 
 
+def stretched_raster(digit, rng):
+    """A binarised 16x16 raster with the digit stretched to fill it edge to edge, both ways, as
+    some data sets store their digits (Semeion, USPS-like), maybe saved enlarged with hard edges."""
+    mask = digit.pencil(64)
+    threshold = rng.uniform(0.35, 0.6)
+    rows, cols = np.nonzero(mask > threshold)
+    box = Image.fromarray(mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]).resize((16, 16), Image.BOX)
+    ink = np.asarray(box) > threshold
+    image = Image.fromarray(np.where(ink, 0, 255).astype(np.uint8) if rng.random() < 0.5 else ink.astype(np.uint8) * 255)
+    side = 16 * int(rng.choice([1, 1, 2, 4, 8]))
+    return image.resize((side, side), Image.NEAREST)
+
+
+def narrow(digit, rng):
+    """A digit written very narrow: squeezed to 30-55% of its width, the pen as wide as ever."""
+    return squeezed(digit, rng, rng.uniform(0.3, 0.55))
+
+
+def wide(digit, rng):
+    """A digit written very wide: 1.7-2.5 times its width."""
+    return squeezed(digit, rng, rng.uniform(1.7, 2.5))
+
+
+def squeezed(digit, rng, stretch):
+    height, width = sizes(rng, 150, 800)
+    width = max(width, height)  # room for a wide one
+    digit_h = rng.uniform(0.4, 0.7) * height
+    digit_h = min(digit_h, 0.8 * width / max(1.0, stretch * aspect(digit.thin)))
+    mask = digit.pen(digit_h, pen_width(rng, digit_h), stretch)
+    return to_image(paint(place(mask, (height, width), rng), dark_paper(rng), dark_ink(rng)))
+
+
+def aspect(thin):
+    """Width over height of a skeleton (what pen_mask scales to the height asked for)."""
+    points = np.argwhere(thin)
+    extent = points.max(axis=0) - points.min(axis=0)
+    return float(extent[1]) / max(float(extent[0]), 1.0)
+
+
+# Digits of shapes the network finds hard, drawn by a condition of their own. Single digits only:
+# they are not part of CONDITIONS, which numbers and the not-a-digit data are also drawn in.
+SHAPES = {
+    "binarised 16x16, stretched to its box": stretched_raster,
+    "very narrow (30-55% of its width)": narrow,
+    "very wide (1.7-2.5x its width)": wide,
+}
+
+
 def generate(images, labels, per_condition=None, conditions=None, seed=0):
     """Yield Samples: each of the first `per_condition` digits under each condition.
 
     Args:
         images, labels: MNIST arrays (N x 28 x 28 uint8, N).
         per_condition: how many digits per condition (default: all).
-        conditions: names from CONDITIONS (default: all).
+        conditions: names from CONDITIONS or SHAPES (default: all of CONDITIONS).
         seed: the generator is deterministic given this.
     """
     count = len(images) if per_condition is None else min(per_condition, len(images))
     names = list(CONDITIONS) if conditions is None else list(conditions)
     traced = {}
     for c, name in enumerate(names):
-        render = CONDITIONS[name]
+        render = {**CONDITIONS, **SHAPES}[name]
         for i in range(count):
             # spread each condition over different digits when only a few are used
             index = (i * len(names) + c) % len(images) if per_condition is not None else i

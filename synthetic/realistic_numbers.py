@@ -21,8 +21,8 @@ from typing import List, NamedTuple, Optional
 import numpy as np
 from PIL import Image
 
-from synthetic.realistic import (CONDITIONS, Digit, add_noise, dark_ink, file_bytes, jpeg, lighting, paint, pen_mask,
-                             pen_width, pencil_mask, place, sizes, skeleton, to_image)
+from synthetic.realistic import (CONDITIONS, Digit, add_noise, aspect, dark_ink, file_bytes, jpeg, lighting, paint,
+                                 pen_mask, pen_width, pencil_mask, place, sizes, skeleton, to_image)
 
 LENGTHS = (2, 8)  # digits per number, both included
 TOUCHING_SHARE = 1 / 3  # numbers with one touching pair
@@ -127,13 +127,6 @@ class Number:
         start = min(lefts)
         columns = max(left + m.shape[1] for left, m in zip(lefts, masks)) - start
         return rows, columns, [(b - top - m.shape[0], left - start) for m, left, b in zip(masks, lefts, bottoms)]
-
-
-def aspect(thin):
-    """Width over height of a skeleton (what pen_mask scales to the height asked for)."""
-    points = np.argwhere(thin)
-    extent = points.max(axis=0) - points.min(axis=0)
-    return float(extent[1]) / max(float(extent[0]), 1.0)
 
 
 def shear(mask, slant):

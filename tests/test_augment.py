@@ -28,7 +28,7 @@ def test_augmentation_is_repeatable_and_seeded(small_mnist):
     x = small_mnist["x_test"][:16]
     assert np.array_equal(augmented(x, 5), augmented(x, 5))
     assert not np.array_equal(augmented(x, 5), augmented(x, 6))
-    assert np.array_equal(augmented(x, 5, rotation=0, zoom=0, shear=0, shift=0, stroke=0), x.astype(np.float32))
+    assert np.array_equal(augmented(x, 5, rotation=0, zoom=0, shear=0, squeeze=0, shift=0, stroke=0), x.astype(np.float32))
 
 
 def test_no_augmentation_at_evaluation_or_inference(small_mnist):
@@ -43,3 +43,23 @@ def test_no_augmentation_at_evaluation_or_inference(small_mnist):
     x, y = small_mnist["x_train"], small_mnist["y_train"]
     images = np.concatenate([batch[0].numpy()[..., 0] for batch in pipeline.make_train_dataset(x, y, config)])
     assert sorted(map(bytes, images.astype(np.uint8))) == sorted(map(bytes, x))
+
+
+def ink_extent(image):
+    """(height, width) of the pixels above half strength."""
+    rows, cols = np.nonzero(image > 127)
+    return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+def test_squeeze_makes_digits_narrower_or_flatter_only(small_mnist):
+    x = small_mnist["x_test"][:64]
+    still = dict(rotation=0, zoom=0, shear=0, shift=0, stroke=0)
+    squeezed = augmented(x, 3, squeeze=0.5, **still)
+    narrower = flatter = 0
+    for before, after in zip(x, squeezed):
+        (h0, w0), (h1, w1) = ink_extent(before), ink_extent(after)
+        assert h1 <= h0 + 1 and w1 <= w0 + 1  # never larger
+        narrower += w1 < w0 - 1 and h1 >= h0 - 1
+        flatter += h1 < h0 - 1 and w1 >= w0 - 1
+    assert narrower >= 10 and flatter >= 10  # both ways, about a third of them each by a visible amount
+    assert np.array_equal(augmented(x, 3, squeeze=0, **still), x.astype(np.float32))
