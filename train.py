@@ -84,8 +84,8 @@ class TrainConfig:
     zoom: float = setting(0.1, "augmentation: max relative scale change", 0, 0.9)
     shear: float = setting(0.1, "augmentation: max shear factor", 0, 1)
     squeeze: float = setting(0.3, "augmentation: max share a digit is made narrower or flatter by (very narrow "
-                                  "digits 80 -> 90% right, very wide 90 -> 95%, validation unchanged; 0.6 cost 0.2 points)",
-                             0, 0.9)
+                                  "digits read 80 -> 90 in 100, very wide 90 -> 95, validation unchanged; 0.6 cost "
+                                  "0.2 points of validation)", 0, 0.9)
     shift: float = setting(2.0, "augmentation: max translation, pixels", 0, 14)
     stroke: float = setting(0.5, "augmentation: max stroke thinning/thickening, 0-1", 0, 1)
     detector_negatives: int = setting(NEGATIVES_PER_KIND, "not-a-digit detector: generated non-digits of each kind (letters, "

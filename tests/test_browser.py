@@ -117,7 +117,8 @@ def test_drawn_digits_are_recognised(browser, server_url, digit, kind, tmp_path)
     assert (state, shown) == ("done", str(digit))
     bars = browser.find_elements(By.CSS_SELECTOR, "#bars li")
     assert len(bars) == 10
-    values = [float(bar.find_element(By.CLASS_NAME, "bar-value").text.rstrip("%")) for bar in bars]
+    # the page writes a probability above 0.999 as ">99.9%" (calibrated: never quite sure)
+    values = [float(bar.find_element(By.CLASS_NAME, "bar-value").text.lstrip(">").rstrip("%")) for bar in bars]
     assert values.index(max(values)) == digit and 95 <= sum(values) <= 105
     assert "top" in bars[digit].get_attribute("class")
     track = bars[digit].find_element(By.CLASS_NAME, "bar-track").size["width"]
