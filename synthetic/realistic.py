@@ -481,6 +481,7 @@ def wide(digit, rng):
 
 
 def squeezed(digit, rng, stretch):
+    """The digit drawn `stretch` times as wide on light paper, the scene wide enough for it."""
     height, width = sizes(rng, 150, 800)
     width = max(width, height)  # room for a wide one
     digit_h = rng.uniform(0.4, 0.7) * height
@@ -503,6 +504,7 @@ SHAPES = {
     "very narrow (30-55% of its width)": narrow,
     "very wide (1.7-2.5x its width)": wide,
 }
+RENDERERS = {**CONDITIONS, **SHAPES}  # what generate() draws by name
 
 
 def generate(images, labels, per_condition=None, conditions=None, seed=0):
@@ -518,7 +520,7 @@ def generate(images, labels, per_condition=None, conditions=None, seed=0):
     names = list(CONDITIONS) if conditions is None else list(conditions)
     traced = {}
     for c, name in enumerate(names):
-        render = {**CONDITIONS, **SHAPES}[name]
+        render = RENDERERS[name]
         for i in range(count):
             # spread each condition over different digits when only a few are used
             index = (i * len(names) + c) % len(images) if per_condition is not None else i

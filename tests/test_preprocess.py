@@ -363,7 +363,6 @@ def test_hard_shapes_are_deterministic_and_drawn_as_named():
         assert rows.min() <= cell and cols.min() <= cell and rows.max() >= 15 * cell - 1 and cols.max() >= 15 * cell - 1
 
 
-
 @pytest.mark.parametrize("index", range(10))
 def test_narrow_and_wide_digits_differ_in_width_only(index):
     digit = Digit(X[index], skeleton(X[index])[1])
