@@ -69,8 +69,8 @@ STACKED_OVERLAP = 0.5  # pieces overlapping in x by this share of the narrower o
 STACKED_APART = 0.3  # ...and in y by at most this share of the shorter one are one digit broken across
 STACKED_GAP = 0.3  # ...and no further apart than this share of the taller one
 STACKED_TALLEST = 1.3  # digit heights: pieces joined one above the other are no taller
+THIN_PEN = 0.4  # of the pen width of the number's digits (ink-weighted median): a piece drawn thinner is a line
 NEAR = 0.3  # digit heights: a small piece further from every digit is a mark, not part of one
-MAX_ATOMS = 14  # atoms one digit may be made of (slices of a cut piece count one each)
 MAX_WIDTH = 1.3  # digit heights: no candidate digit is wider
 JOIN_GAP = 0.12  # digit heights: atoms further apart (in x, along the slant) never form one digit
 MIN_PART = 0.2  # digit heights: no part cut off a wide piece is narrower
@@ -311,7 +311,7 @@ def find_number(ink) -> Optional[Found]:
     # junk never joins a digit: an edge's sliver above a digit would take the digit with it
     found = merge_stacked([p for p in grown if not is_junk(p, strokes.shape, height)], height)
     height = digit_height(found, strokes.shape)
-    kept = number_pieces(found, strokes.shape, height) if height is not None else []
+    kept = number_pieces(found, strokes, height) if height is not None else []
     return Found(ink, strokes, kept, height) if kept else None
 
 
@@ -610,17 +610,24 @@ def is_sliver(piece, shape, height):
     return upright or across
 
 
-def number_pieces(found, shape, height):
+def number_pieces(found, strokes, height):
     """The pieces that are part of the number: no junk, specks or marks off the number's line.
 
     A small piece inside a digit-tall piece's box joins it (a speck or a broken-off bit
     inside a digit belongs to that digit); one beside the digits, on their line, stays a
     piece of its own (a 5's bar, a 7's crossbar), to be joined or left out when splitting.
+    A piece drawn far thinner than the number's pen (THIN_PEN) is the line of a shadow, an
+    edge or a cell, however digit-like its shape.
     """
+    shape = strokes.shape
     found = [p for p in found if p.strokes and not is_junk(p, shape, height)]
     main = [p for p in found if p.bottom - p.top >= 0.5 * height]
     if not main:
         return []
+    widths = {id(p): pen_width(p, strokes) for p in found}
+    pen = weighted_median(np.array([widths[id(p)] for p in main]), np.array([ink_weight([p]) for p in main]))
+    found = [p for p in found if widths[id(p)] >= THIN_PEN * pen]
+    main = [p for p in main if widths[id(p)] >= THIN_PEN * pen]
     small = {}
     for piece in found:
         if piece.bottom - piece.top >= 0.5 * height:
@@ -633,6 +640,17 @@ def number_pieces(found, shape, height):
             main.append(piece)
     kept = [merge(p, small[i]) if i in small else p for i, p in enumerate(main)]
     return main_cluster(kept, height)
+
+
+def pen_width(piece, strokes):
+    """The width of the pen a piece was drawn with, in pixels: twice its stroke pixels over
+    their outline (a stroke w wide and much longer has about 2 x length of outline)."""
+    inked = strokes[piece.rows, piece.cols]
+    box = np.zeros((piece.bottom - piece.top + 2, piece.right - piece.left + 2), bool)
+    box[piece.rows[inked] - piece.top + 1, piece.cols[inked] - piece.left + 1] = True
+    inner = box[1:-1, 1:-1] & box[:-2, 1:-1] & box[2:, 1:-1] & box[1:-1, :-2] & box[1:-1, 2:]
+    area = int(np.count_nonzero(box))
+    return 2 * area / max(1, area - int(np.count_nonzero(inner)))
 
 
 def merge_stacked(found, height):
@@ -828,8 +846,12 @@ def list_candidates(atoms, parts, height):
     for start in range(len(atoms)):
         left, right = atoms[start].left, atoms[start].right
         top, bottom = atoms[start].top, atoms[start].bottom
-        for stop in range(start + 1, min(len(atoms), start + MAX_ATOMS) + 1):
+        pieces = set()
+        for stop in range(start + 1, len(atoms) + 1):
             atom = atoms[stop - 1]
+            pieces.add(atom.piece)
+            if len(pieces) > MAX_PIECES:
+                break  # however many slices each was cut into
             if stop > start + 1:
                 same_piece = atom.piece == atoms[stop - 2].piece
                 if atom.left - right > JOIN_GAP * height and not same_piece:
@@ -838,7 +860,9 @@ def list_candidates(atoms, parts, height):
                     break  # above or below the rest: a mark of its own
                 left, right = min(left, atom.left), max(right, atom.right)
                 top, bottom = min(top, atom.top), max(bottom, atom.bottom)
-            if right - left > MAX_WIDTH * height:
+            # a digit taller than the number's measured height (a 5 whose detached bar rises above
+            # it) may be as much wider
+            if right - left > MAX_WIDTH * max(height, bottom - top):
                 break
             if is_digit_run(atoms[start:stop], parts):
                 candidates.append(make_candidate(atoms, start, stop, height))

@@ -88,6 +88,22 @@ def test_a_digit_in_several_pieces_is_joined():
     assert reading.text == "457"
 
 
+def test_a_five_whose_bar_rises_above_it_and_runs_wide_is_one_digit():
+    # the bar, apart and high, makes the 5 taller and wider than its body, which sets the digit height
+    five = [[(0.40, 0.26), (0.60, 0.20), (0.80, 0.16)],
+            [(0.25, 0.36), (0.24, 0.45), (0.55, 0.60), (0.58, 0.75), (0.50, 0.85), (0.10, 0.87)]]
+    image = strokes_image(five, size=(400, 370), width=30)
+    assert read_number(image).text == "5"
+
+
+def test_a_line_drawn_far_thinner_than_the_digits_is_ignored():
+    # the edge of a shadow or a form's cell: thin, digit-tall, beside the digits
+    image = strokes_image([ring(0.3, 0.5, 0.06, 0.35)] + SEVEN, width=20)
+    ImageDraw.Draw(image).line([(0.55 * 900, 0.2 * 300), (0.56 * 900, 0.8 * 300)], fill=60, width=2)
+    ImageDraw.Draw(image).line([(0.95 * 900, 0.1 * 300), (0.95 * 900, 0.9 * 300)], fill=90, width=2)
+    assert read_number(image).text == "07"
+
+
 def test_two_touching_digits_are_split():
     indices = [readable(2)[0], readable(3)[0], readable(4)[0]]
     image = number_image(indices, gap=0, shift=6)  # the 2 and the 3, and the 3 and the 4, overlap a little
