@@ -624,10 +624,9 @@ def number_pieces(found, strokes, height):
     main = [p for p in found if p.bottom - p.top >= 0.5 * height]
     if not main:
         return []
-    widths = {id(p): pen_width(p, strokes) for p in found}
-    pen = weighted_median(np.array([widths[id(p)] for p in main]), np.array([ink_weight([p]) for p in main]))
-    found = [p for p in found if widths[id(p)] >= THIN_PEN * pen]
-    main = [p for p in main if widths[id(p)] >= THIN_PEN * pen]
+    pen = weighted_median(np.array([pen_width(p, strokes) for p in main]), np.array([ink_weight([p]) for p in main]))
+    found = [p for p in found if pen_width(p, strokes) >= THIN_PEN * pen]
+    main = [p for p in found if p.bottom - p.top >= 0.5 * height]  # never empty: the median piece stays
     small = {}
     for piece in found:
         if piece.bottom - piece.top >= 0.5 * height:
@@ -643,14 +642,11 @@ def number_pieces(found, strokes, height):
 
 
 def pen_width(piece, strokes):
-    """The width of the pen a piece was drawn with, in pixels: twice its stroke pixels over
-    their outline (a stroke w wide and much longer has about 2 x length of outline)."""
+    """The width of the pen a piece was drawn with, in pixels (preprocess.stroke_width of its strokes)."""
     inked = strokes[piece.rows, piece.cols]
-    box = np.zeros((piece.bottom - piece.top + 2, piece.right - piece.left + 2), bool)
-    box[piece.rows[inked] - piece.top + 1, piece.cols[inked] - piece.left + 1] = True
-    inner = box[1:-1, 1:-1] & box[:-2, 1:-1] & box[2:, 1:-1] & box[1:-1, :-2] & box[1:-1, 2:]
-    area = int(np.count_nonzero(box))
-    return 2 * area / max(1, area - int(np.count_nonzero(inner)))
+    box = np.zeros((piece.bottom - piece.top, piece.right - piece.left), np.uint8)
+    box[piece.rows[inked] - piece.top, piece.cols[inked] - piece.left] = 255
+    return preprocess.stroke_width(box)
 
 
 def merge_stacked(found, height):
@@ -846,11 +842,11 @@ def list_candidates(atoms, parts, height):
     for start in range(len(atoms)):
         left, right = atoms[start].left, atoms[start].right
         top, bottom = atoms[start].top, atoms[start].bottom
-        pieces = set()
+        joined = set()  # the pieces in the run
         for stop in range(start + 1, len(atoms) + 1):
             atom = atoms[stop - 1]
-            pieces.add(atom.piece)
-            if len(pieces) > MAX_PIECES:
+            joined.add(atom.piece)
+            if len(joined) > MAX_PIECES:
                 break  # however many slices each was cut into
             if stop > start + 1:
                 same_piece = atom.piece == atoms[stop - 2].piece
