@@ -79,6 +79,7 @@ class Classifier:
     """
 
     detector = None  # a Classifier of width 1, set by load_classifier
+    verifier = None  # read_number()'s segment verifier (verifier.py), a Classifier of width 1, likewise
     temperature = 1.0  # the calibration folded into it (set by load_classifier)
 
     def __init__(self, path, threads=None, width=10):
@@ -130,6 +131,10 @@ class Classifier:
         """The detector's score of each image (N floats, 0-1), or None when there is no detector."""
         return None if self.detector is None else self.detector(images)[:, 0]
 
+    def segment_scores(self, images):
+        """The segment verifier's score of each candidate digit (N floats, 0-1), or None without one."""
+        return None if self.verifier is None else self.verifier(images)[:, 0]
+
 
 class KerasClassifier:
     """A Keras model (object or .keras file); needs TensorFlow."""
@@ -150,8 +155,10 @@ class KerasClassifier:
         self.model = model
 
     detector = None
+    verifier = None
     temperature = 1.0
     digit_scores = Classifier.digit_scores
+    segment_scores = Classifier.segment_scores
 
     def __call__(self, images):
         images = np.asarray(images, np.float32).reshape(-1, 28, 28, 1)
@@ -205,8 +212,10 @@ def load_classifier(path):
         raise ModelError(f"{path}: no such model file (train one with: python train.py)")
     classifier = opened(path, KerasClassifier if path.suffix == ".keras" else Classifier)
     classifier.detector = detector_beside(path)
-    if classifier.detector is not None and hasattr(classifier, "lock"):
-        classifier.detector.lock = classifier.lock  # "no batch while workers fork" covers both
+    classifier.verifier = segment_verifier()
+    for helper in (classifier.detector, classifier.verifier):
+        if helper is not None and hasattr(classifier, "lock"):
+            helper.lock = classifier.lock  # "no batch while workers fork" covers all three
     classifier.temperature = folded_temperature(path)
     return classifier
 
@@ -216,6 +225,14 @@ def detector_beside(path, threads=None):
     there is none; raise ModelError if it cannot be loaded."""
     detector = Path(path).parent / DETECTOR_FILE
     return opened(detector, functools.partial(Classifier, threads=threads, width=1)) if detector.is_file() else None
+
+
+def segment_verifier(threads=None):
+    """read_number()'s segment verifier, shipped with the code (a Classifier of width 1), or None
+    when its file is missing; raise ModelError if it cannot be loaded."""
+    from verifier import VERIFIER_FILE
+
+    return opened(VERIFIER_FILE, functools.partial(Classifier, threads=threads, width=1)) if VERIFIER_FILE.is_file() else None
 
 
 def folded_temperature(path):

@@ -14,8 +14,9 @@ made as for a single digit (preprocess.ink_of). Then:
                 4, one of two touching digits), each brought to MNIST's form with the same
                 steps as a single digit (preprocess.crop_to_mnist) and all classified in one batch
     best split  dynamic programming: the split of the atoms into digits with the highest
-                score, the sum of each digit's log probability, priors on its height and width
-                and a cost for each cut through ink
+                score, the sum of each digit's log probability, priors on its height and width,
+                a term for each cut through ink, and two learnt scores of its crop: the
+                detector's "one digit" and the segment verifier's "a whole digit" (verifier.py)
 
 An image in which only one digit is found is read by the single-digit pipeline
 (preprocess.to_mnist), exactly as predict() reads it.
@@ -89,19 +90,21 @@ class Scoring(NamedTuple):
     """How a split into digits is scored: per digit, its log probability plus these weights
     times its terms (candidate_features), in this order; skip_cost is the DP's own.
 
-    Chosen on numbers composed of MNIST *training* digits (python -m bench.number_accuracy --tune).
+    Chosen on numbers composed of MNIST *training* digits, with the segment verifier fitted on
+    others (python -m bench.number_accuracy --fit-verifier, then --tune).
     """
 
-    digit_bonus: float = -0.889  # per digit: how readily a wide piece is split
-    cut_cost: float = 0.075  # per stroke a cut between two digits goes through
-    part_cost: float = 0.915  # per end of a digit that is a cut (a digit made of part of a piece)
-    short_cost: float = 27.812  # per digit height a digit is shorter than SHORT (fragments are short)
-    wide_cost: float = 3.235  # per digit height a digit is wider than WIDE_DIGIT (pairs are wide)
-    wide_one_cost: float = 0.669  # per digit height a 1 is wider than NARROW_ONE
-    margin_weight: float = 0.304  # times the log ratio of the top two probabilities
-    join_cost: float = 0.834  # per digit-tall piece joined to another into one digit
-    one_digit_weight: float = 0.883  # times the log of the detector's "one digit" score
-    skip_cost: float = 0.817  # for leaving out an atom shorter than SHORT (a speck, a stray mark)
+    digit_bonus: float = -0.505  # per digit: how readily a wide piece is split
+    cut_cost: float = -0.6  # per stroke a cut between two digits goes through (learnt negative beside the verifier)
+    part_cost: float = 0.986  # per end of a digit that is a cut (a digit made of part of a piece)
+    short_cost: float = 27.511  # per digit height a digit is shorter than SHORT (fragments are short)
+    wide_cost: float = 3.283  # per digit height a digit is wider than WIDE_DIGIT (pairs are wide)
+    wide_one_cost: float = 0.86  # per digit height a 1 is wider than NARROW_ONE
+    margin_weight: float = 0.416  # times the log ratio of the top two probabilities
+    join_cost: float = 0.737  # per digit-tall piece joined to another into one digit
+    one_digit_weight: float = 0.427  # times the log of the detector's "one digit" score
+    segment_weight: float = 1.225  # times the log of the segment verifier's "a whole digit" score
+    skip_cost: float = 0.977  # for leaving out an atom shorter than SHORT (a speck, a stray mark)
 
 
 SCORING = Scoring()
@@ -292,6 +295,7 @@ class Proposal(NamedTuple):
     height: float  # the number's digit height in pixels
     scored: np.ndarray  # the same at the temperature the scoring was tuned at (before calibration)
     digit_scores: Optional[np.ndarray] = None  # per candidate: the detector's "one digit" score (None: no detector)
+    segment_scores: Optional[np.ndarray] = None  # per candidate: the verifier's "a whole digit" score (None: none)
 
 
 def find_number(ink) -> Optional[Found]:
@@ -347,9 +351,10 @@ def propose(found: Found, classifier) -> Proposal:
     batch = np.stack([image for image, _ in images])
     probabilities = classifier(batch)
     digit_scores = classifier.digit_scores(batch) if hasattr(classifier, "digit_scores") else None
+    segment_scores = classifier.segment_scores(batch) if hasattr(classifier, "segment_scores") else None
     # SCORING's weights were fitted on the probabilities before calibration
     return Proposal(atoms, candidates, images, probabilities, found.height,
-                    uncalibrated(probabilities, getattr(classifier, "temperature", 1.0)), digit_scores)
+                    uncalibrated(probabilities, getattr(classifier, "temperature", 1.0)), digit_scores, segment_scores)
 
 
 class Piece(NamedTuple):
@@ -909,11 +914,12 @@ def candidate_features(proposal, index):
     cut_right = atoms[candidate.stop].cut if candidate.stop < len(atoms) else 0.0
     # two touching digits read as one (a 5 and a 6 as an 8) are what the detector learnt to flag
     one_digit = 0.0 if proposal.digit_scores is None else math.log(max(float(proposal.digit_scores[index]), 1e-4))
+    segment = 0.0 if proposal.segment_scores is None else math.log(max(float(proposal.segment_scores[index]), 1e-4))
     return np.array([1.0, -cut_left, -float((cut_left > 0) + (cut_right > 0)),
                      -max(0.0, SHORT - candidate.height), -max(0.0, candidate.width - WIDE_DIGIT),
                      -float(probabilities.argmax() == 1) * max(0.0, candidate.width - NARROW_ONE),
                      math.log(max(float(top_two[1]), 1e-6) / max(float(top_two[0]), 1e-6)),
-                     -float(candidate.joins), one_digit])
+                     -float(candidate.joins), one_digit, segment])
 
 
 def candidate_score(proposal, index, scoring):

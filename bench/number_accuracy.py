@@ -1,6 +1,7 @@
 """Accuracy of read_number() on whole numbers composed of MNIST test digits, per condition.
 
     python -m bench.number_accuracy --data ../shared/data/mnist.npz
+    python -m bench.number_accuracy --data ../shared/data/mnist.npz --fit-verifier  # then --tune
     python -m bench.number_accuracy --data ../shared/data/mnist.npz --tune     # choose the scoring
     python -m bench.number_accuracy --data ../shared/data/mnist.npz --examples docs/number_examples.png
 
@@ -17,11 +18,16 @@ several calls; a wall-clock time, as noisy as the machine).
 *training* digits (never the test digits): the candidates of each number are
 classified once, then the weights are learnt by an averaged structured perceptron
 (each number read wrong moves them towards the best split that reads it right).
+
+--fit-verifier fits the segment verifier (verifier.py) on the candidates of other numbers
+of those training digits, read without it: the digits of the best split that reads a number
+right are whole digits, its other candidates are not. Then --tune chooses the weights with it.
 """
 
 import argparse
 import collections
 import io
+import os
 import statistics
 import sys
 import time
@@ -33,10 +39,12 @@ from PIL import Image
 import data
 import inference
 import number
+import verifier
 from synthetic.realistic import CONDITIONS, generate, photo_of_paper
 from synthetic.realistic_numbers import NUMBER_CONDITIONS, compose_number, generate_numbers
 
-TUNING_DIGITS = 10_000  # the last of the training set: what --tune composes numbers from
+TUNING_DIGITS = 10_000  # the last of the training set: what --tune and --fit-verifier compose numbers from
+VERIFIER_NUMBERS = 150  # per condition, for --fit-verifier: about 85,000 candidates
 TIMING_CALLS = 15
 TIMING_PIXELS = 1_000_000
 
@@ -295,6 +303,39 @@ def tune(cached, start, epochs=6, rate=0.1, seed=0):
     return best  # the start itself, when no epoch reads more numbers right
 
 
+def verifier_data(x, y, count, classifier, seed):
+    """(N x 28 x 28 candidate crops, N bools: a digit of the best split that reads its number right)
+    of numbers composed of (x, y); numbers no split reads right are left out."""
+    images, whole = [], []
+    for sample in generate_numbers(x, y, count=count, seed=seed):
+        try:
+            _, found, _ = number.locate(sample.file())
+        except inference.ImageError:
+            continue
+        proposal = number.propose(found, classifier) if found is not None else None
+        right = best_right_split(proposal, sample.text, number.SCORING) if proposal is not None else None
+        if right is not None:
+            images.append(np.stack([image for image, _ in proposal.images]))
+            whole.append(np.isin(np.arange(len(proposal.candidates)), right))
+    return np.concatenate(images), np.concatenate(whole)
+
+
+def fit_and_save_verifier(x, y, classifier, seed):
+    """Fit the segment verifier on numbers of (x, y) read without one; replace verifier.VERIFIER_FILE."""
+    from export import export_litert_int8
+    from tflog import filter_native_logs
+
+    filter_native_logs()  # TensorFlow's C++ start-up lines
+    classifier.verifier = None  # the candidates as the scoring sees them without it
+    images, whole = verifier_data(x, y, VERIFIER_NUMBERS, classifier, seed)
+    print(f"{len(images):,} candidates of {VERIFIER_NUMBERS} numbers per condition, {whole.mean():.1%} whole digits")
+    model = verifier.fit_verifier(images, whole, seed)
+    staged = verifier.VERIFIER_FILE.with_name(f".{verifier.VERIFIER_FILE.name}.new")
+    export_litert_int8(model, staged, rearrange=False)  # as the detector: int8 weights, the same verdicts
+    os.replace(staged, verifier.VERIFIER_FILE)  # the old file stays whole until the new one is
+    print(f"wrote {verifier.VERIFIER_FILE.name} ({verifier.VERIFIER_FILE.stat().st_size / 1000:.0f} KB)")
+
+
 def objective(shares):
     apart, touching = shares
     return 2 / 3 * apart + 1 / 3 * touching  # two thirds of the numbers have all digits apart
@@ -310,12 +351,17 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the renderings")
     parser.add_argument("--tune", action="store_true",
                         help=f"choose the scoring on numbers of the last {TUNING_DIGITS:,} training digits")
+    parser.add_argument("--fit-verifier", action="store_true",
+                        help=f"fit the segment verifier on numbers of the last {TUNING_DIGITS:,} training digits")
     parser.add_argument("--examples", metavar="OUT.png", help="only draw one number per condition with its reading")
     parser.add_argument("--no-timing", action="store_true", help="leave out the timing")
     args = parser.parse_args(argv)
 
     (x_train, y_train), (x, y) = data.load_mnist(args.data)
     classifier = inference.get_classifier(args.model)
+    if args.fit_verifier:
+        fit_and_save_verifier(x_train[-TUNING_DIGITS:], y_train[-TUNING_DIGITS:], classifier, args.seed + 2)
+        return
     if args.tune:
         cached = cached_proposals(x_train[-TUNING_DIGITS:], y_train[-TUNING_DIGITS:], args.count, classifier,
                                   args.seed + 1)

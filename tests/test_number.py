@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 import inference
 import pieces
+import preprocess
 from conftest import APP_MODEL, ROOT
 from errors import NoDigitError, UnreadableImageError
 from inference import DigitReading, NumberReading, Prediction, read_number
@@ -110,6 +111,46 @@ def test_two_touching_digits_are_split():
     strokes = image < 128
     assert pieces.label_components(strokes).max() < 3  # they really touch: fewer pieces than digits
     assert read_number(image).text == "234"
+
+
+def test_the_segment_verifier_tells_whole_digits_from_halves_and_pairs():
+    # the crops a split offers: a whole digit, a digit cut in two, two touching digits as one
+    verifier = inference.get_classifier(None).segment_scores
+    usable = [i for i in range(len(X)) if Y[i] != 1]  # a 1 cut down its middle is still a 1
+    whole = [preprocess.crop_to_mnist(ink_box(X[i])) for i in usable]
+    halves = [preprocess.crop_to_mnist(ink_box(half)) for i in usable for half in np.array_split(ink_box(X[i]), 2, axis=1)]
+    pairs = [preprocess.crop_to_mnist(touching(ink_box(X[i]), ink_box(X[j]))) for i, j in zip(usable, usable[1:])]
+    whole_scores, half_scores, pair_scores = (verifier(np.stack(crops)) for crops in (whole, halves, pairs))
+    assert np.mean(whole_scores >= 0.5) >= 0.8  # 91% when it was fitted
+    assert np.mean(half_scores < 0.5) >= 0.9 and np.mean(pair_scores < 0.5) >= 0.9  # 98%, 100%
+
+
+def test_a_missing_verifier_is_none_and_a_broken_one_is_named(monkeypatch, tmp_path):
+    import verifier
+    from classifier import ModelError, segment_verifier
+
+    monkeypatch.setattr(verifier, "VERIFIER_FILE", tmp_path / "missing.tflite")
+    assert segment_verifier() is None  # read_number() then scores without it
+    broken = tmp_path / "segment_verifier.tflite"
+    broken.write_bytes(b"not a model")
+    monkeypatch.setattr(verifier, "VERIFIER_FILE", broken)
+    with pytest.raises(ModelError, match="segment_verifier.tflite"):
+        segment_verifier()
+
+
+def touching(left, right):
+    """Two ink boxes side by side, their boxes touching, on a common baseline."""
+    height = max(left.shape[0], right.shape[0])
+    pair = np.zeros((height, left.shape[1] + right.shape[1]), np.float32)
+    pair[height - left.shape[0]:, :left.shape[1]] = left
+    pair[height - right.shape[0]:, left.shape[1]:] = right
+    return pair
+
+
+def ink_box(image):
+    """The image cropped to its ink (float, 0-255)."""
+    rows, cols = np.flatnonzero(image.max(axis=1) > 0), np.flatnonzero(image.max(axis=0) > 0)
+    return image[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32)
 
 
 def test_a_ruled_line_under_and_through_the_number_is_ignored():
