@@ -95,17 +95,17 @@ class Scoring(NamedTuple):
     others (python -m bench.number_accuracy --fit-verifier, then --tune).
     """
 
-    digit_bonus: float = -0.505  # per digit: how readily a wide piece is split
-    cut_cost: float = -0.6  # per stroke a cut between two digits goes through (learnt negative beside the verifier)
-    part_cost: float = 0.986  # per end of a digit that is a cut (a digit made of part of a piece)
-    short_cost: float = 27.511  # per digit height a digit is shorter than SHORT (fragments are short)
-    wide_cost: float = 3.283  # per digit height a digit is wider than WIDE_DIGIT (pairs are wide)
-    wide_one_cost: float = 0.86  # per digit height a 1 is wider than NARROW_ONE
-    margin_weight: float = 0.416  # times the log ratio of the top two probabilities
-    join_cost: float = 0.737  # per digit-tall piece joined to another into one digit
-    one_digit_weight: float = 0.427  # times the log of the detector's "one digit" score
-    segment_weight: float = 1.225  # times the log of the segment verifier's "a whole digit" score
-    skip_cost: float = 0.977  # for leaving out an atom shorter than SHORT (a speck, a stray mark)
+    digit_bonus: float = 0.229  # per digit: how readily a wide piece is split
+    cut_cost: float = -0.191  # per stroke a cut between two digits goes through (learnt negative beside the verifier)
+    part_cost: float = 1.125  # per end of a digit that is a cut (a digit made of part of a piece)
+    short_cost: float = 27.357  # per digit height a digit is shorter than SHORT (fragments are short)
+    wide_cost: float = 3.259  # per digit height a digit is wider than WIDE_DIGIT (pairs are wide)
+    wide_one_cost: float = 0.911  # per digit height a 1 is wider than NARROW_ONE
+    margin_weight: float = 0.3  # times the log ratio of the top two probabilities
+    join_cost: float = 0.548  # per digit-tall piece joined to another into one digit
+    one_digit_weight: float = 0.404  # times the log of the detector's "one digit" score
+    segment_weight: float = 1.077  # times the log of the segment verifier's "a whole digit" score
+    skip_cost: float = 0.738  # for leaving out an atom shorter than SHORT (a speck, a stray mark)
 
 
 SCORING = Scoring()

@@ -20,8 +20,9 @@ classified once, then the weights are learnt by an averaged structured perceptro
 (each number read wrong moves them towards the best split that reads it right).
 
 --fit-verifier fits the segment verifier (verifier.py) on the candidates of other numbers
-of those training digits, read without it: the digits of the best split that reads a number
-right are whole digits, its other candidates are not. Then --tune chooses the weights with it.
+of those training digits, read without it: the digits of the split that reads a number right
+(the most confidently read, if several do) are whole digits, its other candidates are not.
+Then --tune chooses the weights with it.
 """
 
 import argparse
@@ -45,6 +46,7 @@ from synthetic.realistic_numbers import NUMBER_CONDITIONS, compose_number, gener
 
 TUNING_DIGITS = 10_000  # the last of the training set: what --tune and --fit-verifier compose numbers from
 VERIFIER_NUMBERS = 150  # per condition, for --fit-verifier: about 85,000 candidates
+CONFIDENCE_ONLY = number.Scoring(*[0.0] * len(number.SCORING))  # a split's score: its digits' log probabilities
 TIMING_CALLS = 15
 TIMING_PIXELS = 1_000_000
 
@@ -304,8 +306,12 @@ def tune(cached, start, epochs=6, rate=0.1, seed=0):
 
 
 def verifier_data(x, y, count, classifier, seed):
-    """(N x 28 x 28 candidate crops, N bools: a digit of the best split that reads its number right)
-    of numbers composed of (x, y); numbers no split reads right are left out."""
+    """(N x 28 x 28 candidate crops, N bools: a digit of the split that reads its number right)
+    of numbers composed of (x, y); numbers no split reads right are left out.
+
+    Of the splits that read a number right, the one whose digits are read most confidently
+    (CONFIDENCE_ONLY): the labels do not depend on the weights --tune chooses afterwards.
+    """
     images, whole = [], []
     for sample in generate_numbers(x, y, count=count, seed=seed):
         try:
@@ -313,7 +319,7 @@ def verifier_data(x, y, count, classifier, seed):
         except inference.ImageError:
             continue
         proposal = number.propose(found, classifier) if found is not None else None
-        right = best_right_split(proposal, sample.text, number.SCORING) if proposal is not None else None
+        right = best_right_split(proposal, sample.text, CONFIDENCE_ONLY) if proposal is not None else None
         if right is not None:
             images.append(np.stack([image for image, _ in proposal.images]))
             whole.append(np.isin(np.arange(len(proposal.candidates)), right))
