@@ -23,6 +23,7 @@ import numpy as np
 
 BATCH = 64  # images per LiteRT invoke: the fastest size measured for this network on 2 cores
 DETECTOR_FILE = "not_digit.tflite"
+SHIPPED = "shipped"  # Classifier.verifier: the segment verifier shipped with the code (segment_verifier())
 # A digit scores at least this: train.py folds the threshold chosen on validation digits into
 # the detector's last bias, so that 0.5 flags about 1% of realistic digits (README: Not a digit).
 DIGIT_THRESHOLD = 0.5
@@ -79,7 +80,7 @@ class Classifier:
     """
 
     detector = None  # a Classifier of width 1, set by load_classifier
-    verifier = None  # read_number()'s segment verifier (verifier.py), a Classifier of width 1, likewise
+    verifier = SHIPPED  # read_number()'s segment verifier: SHIPPED (verifier.py's file, loaded on first use) or None
     temperature = 1.0  # the calibration folded into it (set by load_classifier)
 
     def __init__(self, path, threads=None, width=10):
@@ -133,7 +134,11 @@ class Classifier:
 
     def segment_scores(self, images):
         """The segment verifier's score of each candidate digit (N floats, 0-1), or None without one."""
-        return None if self.verifier is None else self.verifier(images)[:, 0]
+        verifier = shipped_verifier() if self.verifier is SHIPPED else self.verifier
+        if verifier is None:
+            return None
+        with getattr(self, "lock", contextlib.nullcontext()):  # "no batch while workers fork" covers it too
+            return verifier(images)[:, 0]
 
 
 class KerasClassifier:
@@ -155,7 +160,7 @@ class KerasClassifier:
         self.model = model
 
     detector = None
-    verifier = None
+    verifier = SHIPPED
     temperature = 1.0
     digit_scores = Classifier.digit_scores
     segment_scores = Classifier.segment_scores
@@ -212,10 +217,8 @@ def load_classifier(path):
         raise ModelError(f"{path}: no such model file (train one with: python train.py)")
     classifier = opened(path, KerasClassifier if path.suffix == ".keras" else Classifier)
     classifier.detector = detector_beside(path)
-    classifier.verifier = segment_verifier()
-    for helper in (classifier.detector, classifier.verifier):
-        if helper is not None and hasattr(classifier, "lock"):
-            helper.lock = classifier.lock  # "no batch while workers fork" covers all three
+    if classifier.detector is not None and hasattr(classifier, "lock"):
+        classifier.detector.lock = classifier.lock  # "no batch while workers fork" covers both
     classifier.temperature = folded_temperature(path)
     return classifier
 
@@ -227,12 +230,16 @@ def detector_beside(path, threads=None):
     return opened(detector, functools.partial(Classifier, threads=threads, width=1)) if detector.is_file() else None
 
 
-def segment_verifier(threads=None):
+def segment_verifier():
     """read_number()'s segment verifier, shipped with the code (a Classifier of width 1), or None
     when its file is missing; raise ModelError if it cannot be loaded."""
     from verifier import VERIFIER_FILE
 
-    return opened(VERIFIER_FILE, functools.partial(Classifier, threads=threads, width=1)) if VERIFIER_FILE.is_file() else None
+    return opened(VERIFIER_FILE, functools.partial(Classifier, width=1)) if VERIFIER_FILE.is_file() else None
+
+
+# predict() never needs it: loaded when read_number() first does, once per process, for any model
+shipped_verifier = functools.lru_cache(maxsize=1)(segment_verifier)
 
 
 def folded_temperature(path):

@@ -35,8 +35,7 @@ import decode
 import explain
 import number
 import parallel
-from classifier import (DIGIT_THRESHOLD, KerasClassifier, ModelError, Prediction, cores, load_classifier, predictions_of,
-                        segment_verifier)
+from classifier import DIGIT_THRESHOLD, KerasClassifier, ModelError, Prediction, cores, load_classifier, predictions_of
 from cli import OneLineParser
 from errors import ImageError, ImageTooLargeError, NoDigitError, UnreadableImageError
 from number import DigitReading, NumberReading
@@ -176,9 +175,7 @@ def get_classifier(model):
         return load_classifier(os.path.abspath(model))
     if callable(model) and not hasattr(model, "predict"):  # already a classifier
         return model
-    classifier = KerasClassifier(model)
-    classifier.verifier = segment_verifier()  # read_number()'s, shipped with the code: any model reads with it
-    return classifier
+    return KerasClassifier(model)
 
 
 # ----------------------------------------------------------------------------- the command line
