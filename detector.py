@@ -146,6 +146,21 @@ def build_detector():
     ], name="not_digit")
 
 
+def fit_balanced(x, y, seed, epochs, verbose=0):
+    """build_detector() fitted to tell y == 1 from y == 0 (x: N x 28 x 28 x 1 float32, 0-255), each
+    side counting as much as the other however many it has; return the network (one logit out).
+    The detector and read_number()'s segment verifier (verifier.py) are both fitted so."""
+    import keras
+
+    positives = int(np.count_nonzero(y == 1))
+    weight = np.where(y == 1, 0.5 / positives, 0.5 / (len(y) - positives)) * len(y)
+    keras.utils.set_random_seed(seed)
+    network = build_detector()
+    network.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    network.fit(x, y, sample_weight=weight, epochs=epochs, batch_size=256, shuffle=True, verbose=verbose)
+    return network
+
+
 def fit_detector(data, seed=0, epochs=EPOCHS):
     """Fit the detector; return (keras model giving a 0-1 score, >= 0.5 for a digit; its record)."""
     import keras
@@ -153,12 +168,7 @@ def fit_detector(data, seed=0, epochs=EPOCHS):
 
     x = np.concatenate([data.digits, data.negatives])[..., None].astype(np.float32)
     y = np.concatenate([np.ones(len(data.digits)), np.zeros(len(data.negatives))]).astype(np.float32)
-    # each side counts as much as the other
-    weight = np.where(y == 1, 0.5 / len(data.digits), 0.5 / len(data.negatives)) * len(y)
-    keras.utils.set_random_seed(seed)
-    network = build_detector()
-    network.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    network.fit(x, y, sample_weight=weight, epochs=epochs, batch_size=256, shuffle=True, verbose=0)
+    network = fit_balanced(x, y, seed, epochs)
 
     def logits(images):
         return network.predict(np.asarray(images, np.float32)[..., None], batch_size=1000, verbose=0)[:, 0]

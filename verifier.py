@@ -19,23 +19,17 @@ import numpy as np
 
 VERIFIER_FILE = Path(__file__).resolve().parent / "segment_verifier.tflite"
 EPOCHS = 12  # on numbers of training digits: its loss still falls a little after 10
-BATCH = 256
 
 
 def fit_verifier(images, whole, seed=0, epochs=EPOCHS):
-    """Fit the verifier on candidate crops (N x 28 x 28 uint8) and whether each is a whole digit;
-    return a keras model giving a 0-1 score (1: a whole digit)."""
+    """Fit the verifier on candidate crops (N x 28 x 28 uint8) and whether each is a whole digit
+    (about one in ten; each side counts as much as the other); return a keras model giving a 0-1
+    score (1: a whole digit)."""
     import keras
     from keras import layers
 
-    from detector import build_detector
+    from detector import fit_balanced
 
-    x = np.asarray(images, np.float32)[..., None]
-    y = np.asarray(whole, np.float32)
-    # whole digits are an eighth of the candidates: each side counts as much as the other
-    weight = np.where(y == 1, 0.5 / max(y.sum(), 1), 0.5 / max((1 - y).sum(), 1)) * len(y)
-    keras.utils.set_random_seed(seed)
-    network = build_detector()
-    network.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    network.fit(x, y, sample_weight=weight, epochs=epochs, batch_size=BATCH, shuffle=True, verbose=2)
+    network = fit_balanced(np.asarray(images, np.float32)[..., None], np.asarray(whole, np.float32), seed, epochs,
+                           verbose=2)
     return keras.Sequential([network, layers.Activation("sigmoid")], name="segment_verifier")
