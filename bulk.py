@@ -39,7 +39,7 @@ except ImportError:
 import decode
 import inference
 import parallel
-from classifier import Classifier, ModelError, cores, detector_beside, is_digit, load_classifier
+from classifier import Classifier, ModelError, cores, is_digit, shipped_detector, load_classifier
 from errors import ImageError, ImageTooLargeError, UnreadableImageError
 from preprocess import SIZE
 
@@ -281,7 +281,7 @@ class ClassifyFiles:
         # every node) unless it was given outside it.
         path = inference.HERE / model
         self.classifier = Classifier(path, threads=1)
-        self.classifier.detector = detector_beside(path, threads=1)  # "not a digit", as predict() says it
+        self.classifier.detector = shipped_detector(threads=1)  # "not a digit", as predict() says it
 
     def __call__(self, batch):
         return output_rows(batch["path"], batch["image"], batch["error"], self.classifier, batch["rivals"])

@@ -7,8 +7,8 @@
 
 A .tflite file runs on LiteRT (no TensorFlow), with as many threads as this process
 may use cores; a .keras file or a keras.Model runs on Keras (needs TensorFlow). The
-"not a digit" detector (not_digit.tflite, trained by train.py beside the classifier)
-is loaded from the model file's folder and runs on LiteRT whichever the classifier is.
+"not a digit" detector (not_digit.tflite, fitted by detector.py and shipped with the code)
+is loaded with any model and runs on LiteRT whichever the classifier is.
 """
 
 import contextlib
@@ -22,9 +22,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 BATCH = 64  # images per LiteRT invoke: the fastest size measured for this network on 2 cores
-DETECTOR_FILE = "not_digit.tflite"
 SHIPPED = "shipped"  # Classifier.verifier: the segment verifier shipped with the code (segment_verifier())
-# A digit scores at least this: train.py folds the threshold chosen on validation digits into
+# A digit scores at least this: detector.py folds the threshold chosen on validation digits into
 # the detector's last bias, so that 0.5 flags about 1% of realistic digits (README: Not a digit).
 DIGIT_THRESHOLD = 0.5
 # More ink than this beside the digit, in pieces clear of the border that could each be a digit
@@ -207,8 +206,8 @@ def check_signature(input_shapes, output_shapes, width=10):
 
 @functools.lru_cache(maxsize=4)
 def load_classifier(path):
-    """Load a .tflite (LiteRT) or .keras model file once per process, with the "not a digit" detector
-    beside it when there is one; raise ModelError if either cannot be loaded."""
+    """Load a .tflite (LiteRT) or .keras model file once per process, with the shipped "not a digit"
+    detector when it is installed; raise ModelError if either cannot be loaded."""
     from outputs import complete_interrupted
 
     path = Path(path)
@@ -216,18 +215,19 @@ def load_classifier(path):
     if not path.is_file():
         raise ModelError(f"{path}: no such model file (train one with: python train.py)")
     classifier = opened(path, KerasClassifier if path.suffix == ".keras" else Classifier)
-    classifier.detector = detector_beside(path)
+    classifier.detector = shipped_detector()
     if classifier.detector is not None and hasattr(classifier, "lock"):
         classifier.detector.lock = classifier.lock  # "no batch while workers fork" covers both
     classifier.temperature = folded_temperature(path)
     return classifier
 
 
-def detector_beside(path, threads=None):
-    """The "not a digit" detector in a model file's folder (a Classifier of width 1), or None when
-    there is none; raise ModelError if it cannot be loaded."""
-    detector = Path(path).parent / DETECTOR_FILE
-    return opened(detector, functools.partial(Classifier, threads=threads, width=1)) if detector.is_file() else None
+def shipped_detector(threads=None):
+    """The "not a digit" detector shipped with the code (a Classifier of width 1), or None when
+    its file is missing; raise ModelError if it cannot be loaded."""
+    from detector import DETECTOR_FILE
+
+    return opened(DETECTOR_FILE, functools.partial(Classifier, threads=threads, width=1)) if DETECTOR_FILE.is_file() else None
 
 
 def segment_verifier():

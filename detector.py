@@ -1,6 +1,8 @@
-"""The "not a digit" detector that train.py fits: a small CNN, apart from the classifier.
+"""The "not a digit" detector: a small CNN beside the classifier, fitted once and shipped with the code.
 
-    data = detector_data(((x_train, y_train), (x_val, y_val), (x_test, y_test)), seed=0)
+    python detector.py --data ../shared/data/mnist.npz    # fits it, replaces DETECTOR_FILE
+
+    data = detector_data(((x_train, y_train), (x_val, y_val)), seed=0)
     detector, record = fit_detector(data, seed=0)  # keras model: 28x28 -> score 0-1
 
 The classifier cannot say "none of these": trained on digits only, it maps a letter or a
@@ -16,15 +18,26 @@ What the 28x28 crop cannot show, other digits or writing beside the one cropped,
 preprocessing measures as rival ink (pieces.py; classifier.MAX_RIVALS). Non-digits that
 are flagged by that are left out of the detector's training: their crop may be one plain
 digit. The held-out figures are bench.calibration's.
+
+It sees only the image, never the classifier, so it is fitted here and not by every training
+run (its data and fit took 3.7 of train.py's 14 minutes): any classifier predicts with it, as
+read_number() reads with the segment verifier (verifier.py).
 """
 
 import multiprocessing
+import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
-from typing import NamedTuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Optional
 
 import numpy as np
 
-from classifier import MAX_RIVALS, cores
+from classifier import DIGIT_THRESHOLD, MAX_RIVALS, cores
+from cli import check_settings, parse_config, setting
+
+DETECTOR_FILE = Path(__file__).resolve().parent / "not_digit.tflite"
 
 FLAG_MNIST = 0.002  # at most this share of MNIST validation digits is flagged...
 FLAG_REALISTIC = 0.01  # ...and of realistic renderings of validation digits
@@ -37,6 +50,28 @@ HIDDEN = 64  # the dense layer's units
 CHUNK = 250  # non-digits per worker job
 
 
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Every setting of the detector's fit. The defaults reproduce the shipped DETECTOR_FILE."""
+
+    data: Optional[str] = setting(None, "a Keras-layout mnist.npz or a folder of the four IDX files; "
+                                        "None downloads MNIST through Keras")
+    out: str = setting(str(DETECTOR_FILE), "the LiteRT file written (replaced only once the new one is whole)")
+    seed: int = setting(0, "seeds the validation split (train.py's, at the same seed), the generated data and the fit",
+                        0, 2**32 - 1)
+    val_fraction: float = setting(0.1, "share of MNIST's training digits held out to set the threshold on "
+                                       "(train.py's split)", 0, 0.9, low_open=True)
+    negatives: int = setting(NEGATIVES_PER_KIND, "generated non-digits of each kind (letters, symbols, shapes, "
+                                                 "several digits, photos) it learns from", 1, 100_000)
+    renderings: int = setting(RENDERINGS_PER_CONDITION, "realistic renderings of training digits per condition it "
+                                                        "learns from (half as many of validation digits set its "
+                                                        "threshold)", 2, 10_000)
+    epochs: int = setting(EPOCHS, "passes over its data", 1, 1000)
+
+    def __post_init__(self):
+        check_settings(self)
+
+
 class DetectorData(NamedTuple):
     """The 28x28 inputs (after predict()'s preprocessing) the detector is fitted and set on."""
 
@@ -46,46 +81,70 @@ class DetectorData(NamedTuple):
     val_digits: np.ndarray  # MNIST validation digits: for the threshold only
     val_renderings: np.ndarray  # realistic renderings of validation digits: for the threshold only
     val_rendering_labels: np.ndarray
-    test_renderings: np.ndarray  # realistic renderings of MNIST test digits: measured, never chosen on
-    test_rendering_labels: np.ndarray
+
+
+class Inputs(NamedTuple):
+    """28x28 model inputs, as predict() makes them, and their labels (-1: not a digit)."""
+
+    images: np.ndarray  # N x 28 x 28 uint8
+    labels: np.ndarray
 
 
 def detector_data(mnist, seed=0, negatives=NEGATIVES_PER_KIND, renderings=RENDERINGS_PER_CONDITION, workers=None):
     """Render and preprocess the detector's data across processes.
 
     Args:
-        mnist: ((x_train, y_train), (x_val, y_val), (x_test, y_test)), the training run's split.
+        mnist: ((x_train, y_train), (x_val, y_val)), the split of MNIST's training digits.
         seed: everything made is deterministic given this.
         negatives: generated non-digits of each kind (dev part).
         renderings: realistic renderings per condition of training digits (half as many of
-            validation and of test digits).
+            validation digits).
         workers: processes (default: one per core).
     Kinds whose fonts or photos are not installed here are left out (the record says which were used).
     """
-    from synthetic import nondigits, realistic
+    from synthetic import nondigits
 
-    (x_train, y_train), (x_val, y_val), _ = mnist
-    conditions = list(realistic.CONDITIONS)
+    (x_train, y_train), (x_val, y_val) = mnist
     jobs = [Job("nondigits", kind, first, min(CHUNK, negatives - first), seed)
             for kind in nondigits.available() for first in range(0, negatives, CHUNK)]
-    for s, (split, count) in enumerate((("train", renderings), ("val", renderings // 2), ("test", renderings // 2))):
-        # each condition draws its own digits, with its own seed
-        jobs += [Job(split, condition, k * count, count, 1000 * seed + 100 * s + k) for k, condition in enumerate(conditions)]
-    # spawn, not fork: TensorFlow may be loaded already (a Keras download of MNIST)
-    with ProcessPoolExecutor(workers or cores(), multiprocessing.get_context("spawn"), initializer=share_digits,
-                             initargs=(dict(zip(("train", "val", "test"), mnist)),)) as pool:
-        made = list(pool.map(make, jobs))
-
-    def joined(source):
-        parts = [m for job, m in zip(jobs, made) if job.source == source]
-        return np.concatenate([images for images, _ in parts]), np.concatenate([labels for _, labels in parts])
-
-    negatives, _ = joined("nondigits")
-    kinds = [job.what for job, (images, _) in zip(jobs, made) if job.source == "nondigits" for _ in images]
+    jobs += rendering_jobs("train", renderings, seed) + rendering_jobs("val", renderings // 2, seed)
+    made = run_jobs(jobs, {"train": (x_train, y_train), "val": (x_val, y_val)}, workers)
+    kinds = [job.what for job, part in zip(jobs, made) if job.source == "nondigits" for _ in part.images]
     rng = np.random.default_rng(seed)
     mnist_digits = x_train[rng.choice(len(x_train), min(MNIST_POSITIVES, len(x_train)), replace=False)]
-    return DetectorData(negatives, np.array(kinds), np.concatenate([mnist_digits, joined("train")[0]]),
-                        x_val, *joined("val"), *joined("test"))
+    return DetectorData(joined(jobs, made, "nondigits").images, np.array(kinds),
+                        np.concatenate([mnist_digits, joined(jobs, made, "train").images]), x_val, *joined(jobs, made, "val"))
+
+
+def realistic_test_inputs(x_test, y_test, seed=0, per_condition=RENDERINGS_PER_CONDITION // 2, workers=None):
+    """Inputs of realistic renderings of MNIST test digits, `per_condition` of each condition:
+    train.py measures its calibration on them, never chooses on them."""
+    jobs = rendering_jobs("test", per_condition, seed)
+    return joined(jobs, run_jobs(jobs, {"test": (x_test, y_test)}, workers), "test")
+
+
+def rendering_jobs(split, count, seed):
+    """Jobs rendering `count` digits of `split` in each realistic condition; each condition draws
+    its own digits, with its own seed."""
+    from synthetic import realistic
+
+    offset = {"train": 0, "val": 100, "test": 200}[split]
+    return [Job(split, condition, k * count, count, 1000 * seed + offset + k)
+            for k, condition in enumerate(realistic.CONDITIONS)]
+
+
+def run_jobs(jobs, digits, workers=None):
+    """Make each Job in a pool of processes that share `digits` ({split: (x, y)}); one Inputs per job."""
+    # spawn, not fork: TensorFlow may be loaded already (a Keras download of MNIST)
+    with ProcessPoolExecutor(workers or cores(), multiprocessing.get_context("spawn"), initializer=share_digits,
+                             initargs=(digits,)) as pool:
+        return list(pool.map(make, jobs))
+
+
+def joined(jobs, made, source):
+    """The Inputs that the jobs of one source ("nondigits", "train", "val", "test") made, as one."""
+    parts = [part for job, part in zip(jobs, made) if job.source == source]
+    return Inputs(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
 
 
 class Job(NamedTuple):
@@ -106,7 +165,7 @@ def share_digits(arrays):
 
 
 def make(job):
-    """The 28x28 model inputs of one Job's images, as predict() makes them; those without a digit left out."""
+    """The Inputs of one Job's images, as predict() makes them; those without a digit left out."""
     import parallel
     from synthetic import nondigits, realistic
 
@@ -121,8 +180,8 @@ def make(job):
             # a non-digit with digit-sized ink beside its main piece is flagged by that (classifier.MAX_RIVALS),
             # and its 28x28 crop may show one plain digit: the network does not learn from it
             if prepared.error is None and (label >= 0 or prepared.rivals <= MAX_RIVALS)]
-    return (np.array([image for image, _ in kept], np.uint8).reshape(-1, 28, 28),
-            np.array([label for _, label in kept], np.int64))
+    return Inputs(np.array([image for image, _ in kept], np.uint8).reshape(-1, 28, 28),
+                  np.array([label for _, label in kept], np.int64))
 
 
 def build_detector():
@@ -189,3 +248,58 @@ def fit_detector(data, seed=0, epochs=EPOCHS):
         "training_negatives_flagged": {kind: float(np.mean(flagged[data.negative_kinds == kind])) for kind in kinds},
         "training_digits": len(data.digits),
     }
+
+
+def flagged_share(detector, images):
+    """The share of 28x28 inputs that `detector` (a classifier.Classifier of width 1) calls not a digit."""
+    return float(np.mean(detector(np.asarray(images, np.float32))[:, 0] < DIGIT_THRESHOLD))
+
+
+def fit_and_save(config: DetectorConfig):
+    """Fit the detector on MNIST's training digits and generated non-digits; replace config.out with it.
+
+    Returns fit_detector()'s record. Raises DataError (DownloadError) or OSError (cannot write).
+    """
+    from data import file_kind, load_mnist
+    from export import export_litert_int8
+    from pipeline import split_validation
+
+    if config.data is not None:
+        file_kind(config.data)  # a missing --data is reported before any work
+    out = Path(config.out)
+    staged = out.with_name(f".{out.name}.new")
+    staged.touch()  # an unwritable folder is reported before minutes of work, not after
+    staged.unlink()
+    (x_train, y_train), _ = load_mnist(config.data)
+    split = split_validation(x_train, y_train, config.val_fraction, config.seed)
+    data = detector_data(split, config.seed, config.negatives, config.renderings)
+    network, record = fit_detector(data, config.seed, config.epochs)
+    export_litert_int8(network, staged, rearrange=False)  # 1.5x faster than float32, the same verdicts
+    os.replace(staged, out)  # the old file stays whole until the new one is
+    return record
+
+
+def main(argv=None):
+    from data import DataError
+    from tflog import filter_native_logs
+
+    config = parse_config(DetectorConfig, argv, __doc__.splitlines()[0])
+    filter_native_logs()
+    try:
+        record = fit_and_save(config)
+    except DataError as error:
+        sys.exit(f"error: {error}")
+    except OSError as error:
+        sys.exit(f"error: {config.out}: cannot write the detector ({error.strerror or error})")
+    except KeyboardInterrupt:
+        sys.exit(f"interrupted: {config.out} is untouched")
+    flagged = ", ".join(f"{kind} {share:.0%}" for kind, share in record["training_negatives_flagged"].items())
+    print(f"fitted on {record['training_digits']:,} digits against {sum(record['training_negatives'].values()):,} "
+          f"non-digits; it flags {flagged} of those non-digits")
+    print(f"threshold logit {record['threshold_logit']:.3f}: flags {record['val_digits_flagged']:.2%} of validation "
+          f"digits, {record['val_renderings_flagged']:.2%} of realistic renderings of them")
+    print(f"wrote {config.out} ({Path(config.out).stat().st_size / 1000:.0f} KB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,6 @@
     metrics = train(TrainConfig(data="mnist.npz", epochs=8, out_dir="runs/fast"))
 """
 
-import argparse
 import dataclasses
 import json
 import math
@@ -15,17 +14,16 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 import calibration
-from classifier import DETECTOR_FILE, DIGIT_THRESHOLD
-from cli import OneLineParser
+from cli import check_settings, parse_config, setting
 from data import DataError, file_kind, load_mnist
-from detector import EPOCHS as DETECTOR_EPOCHS, NEGATIVES_PER_KIND, RENDERINGS_PER_CONDITION, detector_data, fit_detector
+from detector import DETECTOR_FILE, flagged_share, realistic_test_inputs
 from export import export_litert, export_litert_int8, int8_metrics
 from outputs import ModelSet, OutputError
 from pipeline import STEPS_PER_EXECUTION, epoch_steps, make_train_dataset, split_validation
@@ -42,22 +40,12 @@ LITERT_INT8_FILE = "mnist_cnn_int8.tflite"  # what inference.py runs by default
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.png"
 RELIABILITY_FILE = "reliability.png"
-OUTPUT_FILES = (MODEL_FILE, LITERT_FILE, LITERT_INT8_FILE, DETECTOR_FILE, METRICS_FILE, HISTORY_FILE,
-                RELIABILITY_FILE)  # written as one set
+OUTPUT_FILES = (MODEL_FILE, LITERT_FILE, LITERT_INT8_FILE, METRICS_FILE, HISTORY_FILE, RELIABILITY_FILE)  # one set
 BELOW_TARGET_STATUS = 3  # the exit status when the test accuracy lands below --target-accuracy
-
-
-class ConfigError(ValueError):
-    """A setting is out of its range."""
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the weights stopped being finite numbers."""
-
-
-def setting(default, why, low=None, high=None, low_open=False, **extra):
-    """A TrainConfig field: its default, the reason for it (the CLI's help) and its valid range."""
-    return field(default=default, metadata={"help": why, "range": (low, high, low_open), **extra})
 
 
 @dataclass(frozen=True)
@@ -88,56 +76,18 @@ class TrainConfig:
                                   "0.2 points of validation)", 0, 0.9)
     shift: float = setting(2.0, "augmentation: max translation, pixels", 0, 14)
     stroke: float = setting(0.5, "augmentation: max stroke thinning/thickening, 0-1", 0, 1)
-    detector_negatives: int = setting(NEGATIVES_PER_KIND, "not-a-digit detector: generated non-digits of each kind (letters, "
-                                            "symbols, shapes, several digits, photos) it learns from", 1, 100_000)
-    detector_renderings: int = setting(RENDERINGS_PER_CONDITION, "not-a-digit detector: realistic renderings of training digits per "
-                                            "condition it learns from (half as many of validation digits set its "
-                                            "threshold, and of test digits measure the calibration)", 2, 10_000)
-    detector_epochs: int = setting(DETECTOR_EPOCHS, "not-a-digit detector: passes over its data", 1, 1000)
+    realistic_renderings: int = setting(50, "realistic renderings of test digits per condition (16 conditions) that "
+                                            "the calibration is measured on, never chosen on", 1, 10_000)
     target_accuracy: Optional[float] = setting(None, "a self-check, 0-1: a test accuracy below it still writes the "
                                                      f"model set, then exits with status {BELOW_TARGET_STATUS}", 0, 1)
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            check_setting(f, getattr(self, f.name))
-
-
-def check_setting(f, value):
-    """Raise ConfigError unless `value` suits field `f` (its type, choices and range)."""
-    option = "--" + f.name.replace("_", "-")
-    choices = f.metadata.get("choices")
-    if choices and value not in choices:
-        raise ConfigError(f"{option} must be one of {', '.join(choices)}, not {value!r}")
-    low, high, low_open = f.metadata["range"]
-    if low is None or (value is None and f.default is None):
-        return
-    kind = int if f.type is int else float
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-        raise ConfigError(f"{option} must be {'a whole number' if kind is int else 'a number'}, not {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{option} must be a finite number, not {value}")
-    if value < low or value > high or (low_open and value == low):
-        low_side = f"above {low}" if low_open else f"at least {low}"
-        raise ConfigError(f"{option} must be {low_side} and at most {high}, not {value}")
+        check_settings(self)
 
 
 def parse_args(argv=None):
     """The command line as a TrainConfig: one option per field, with its reason and default as help."""
-    parser = OneLineParser(description=__doc__.splitlines()[0],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(TrainConfig):
-        option = "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
-                                help=f.metadata["help"])
-            continue
-        kind = {int: int, float: float, Optional[float]: float}.get(f.type, str)
-        parser.add_argument(option, type=kind, default=f.default, help=f.metadata["help"],
-                            choices=f.metadata.get("choices"))
-    try:
-        return TrainConfig(**vars(parser.parse_args(argv)))
-    except ConfigError as error:
-        parser.error(str(error))
+    return parse_config(TrainConfig, argv, __doc__.splitlines()[0])
 
 
 def epoch_timer(seconds):
@@ -186,14 +136,14 @@ class Calibrated(NamedTuple):
     curves: dict  # the reliability diagram's panels: {name: (probabilities, labels)}
 
 
-def calibrate(model, x_val, y_val, x_test, y_test, rendered):
+def calibrate(model, x_val, y_val, x_test, y_test, realistic_test):
     """Fit a temperature T on the validation split and fold it into `model`'s last layer.
 
     Returns T with ECE and NLL before and after on validation, MNIST test and realistic
     renderings of test digits, and the reliability diagram's curves. The test sets are only measured.
     """
     sets = {"validation": (x_val, y_val), "mnist_test": (x_test, y_test),
-            "realistic_test": (rendered.test_renderings, rendered.test_rendering_labels)}
+            "realistic_test": realistic_test}
     found = {name: (logits(model, x), y) for name, (x, y) in sets.items()}
     temperature = calibration.fit_temperature(*found["validation"])
     fold_temperature(model, temperature)
@@ -224,16 +174,26 @@ def fold_temperature(model, temperature):
     model.layers[-1].set_weights([kernel / np.float32(temperature), bias / np.float32(temperature)])
 
 
-def flagged_share(detector, x):
-    """The share of images the detector calls not a digit."""
-    scores = detector.predict(np.asarray(x, np.float32)[..., None], batch_size=1000, verbose=0)[:, 0]
-    return float(np.mean(scores < DIGIT_THRESHOLD))
+def detector_record(x_test, realistic_test):
+    """What the shipped "not a digit" detector (detector.py) flags of this run's test digits
+    and realistic renderings of them; None where it is not installed."""
+    from classifier import ModelError, shipped_detector
+
+    try:
+        detector = shipped_detector()
+    except ModelError as error:
+        print(f"warning: {error}: metrics.json records no detector figures", file=sys.stderr)
+        return None
+    if detector is None:
+        return None
+    return {"file": DETECTOR_FILE.name, "test_digits_flagged": flagged_share(detector, x_test),
+            "realistic_test_flagged": flagged_share(detector, realistic_test)}
 
 
 def train(config: TrainConfig):
     """Train, evaluate on the test set once, and write the model set into config.out_dir.
 
-    Returns the metrics (as written to metrics.json). The set's seven files replace the
+    Returns the metrics (as written to metrics.json). The set's six files replace the
     old ones together, and only when everything succeeded: a run that fails, diverges or
     is killed leaves the folder's previous set as it was.
     Raises:
@@ -246,24 +206,16 @@ def train(config: TrainConfig):
         (x_train, y_train), (x_test, y_test) = load_mnist(config.data)
         (x_train, y_train), (x_val, y_val) = split_validation(x_train, y_train, config.val_fraction, config.seed)
         config = dataclasses.replace(config, batch_size=min(config.batch_size, len(x_train)))
-        rendered_start = time.time()
-        rendered = detector_data(((x_train, y_train), (x_val, y_val), (x_test, y_test)), config.seed,
-                                 config.detector_negatives, config.detector_renderings)
-        rendered_seconds = time.time() - rendered_start
+        realistic_test = realistic_test_inputs(x_test, y_test, config.seed, config.realistic_renderings)
         fitted = fit(config, x_train, y_train, x_val, y_val)
         final = saved_model(fitted.model)
-        calibrated = calibrate(final, x_val, y_val, x_test, y_test, rendered)
+        calibrated = calibrate(final, x_val, y_val, x_test, y_test, realistic_test)
         metrics = evaluate(final, x_test, y_test)
         metrics["calibration"] = calibrated.record
-        detector_start = time.time()
-        not_digit, metrics["detector"] = fit_detector(rendered, config.seed, config.detector_epochs)
-        metrics["detector"].update(seconds=round(time.time() - detector_start + rendered_seconds, 1),
-                                   test_digits_flagged=flagged_share(not_digit, x_test),
-                                   realistic_test_flagged=flagged_share(not_digit, rendered.test_renderings))
+        metrics["detector"] = detector_record(x_test, realistic_test.images)
         final.save(staged.path(MODEL_FILE))
         export_litert(final, staged.path(LITERT_FILE))
         export_litert_int8(final, staged.path(LITERT_INT8_FILE))
-        export_litert_int8(not_digit, staged.path(DETECTOR_FILE), rearrange=False)  # 1.5x faster, same verdicts
         calibration.plot_reliability(calibrated.curves, staged.path(RELIABILITY_FILE))
         metrics.update(int8_metrics(staged.path(LITERT_INT8_FILE), staged.path(LITERT_FILE), x_test, y_test))
         plot_history(fitted.history, staged.path(HISTORY_FILE), metrics["test_accuracy"],

@@ -38,7 +38,7 @@ def main(argv=None):
     classifier = load_classifier(inference.DEFAULT_MODEL)
     detector = classifier.detector
     if detector is None:
-        raise SystemExit("error: the shipped model set has no not_digit.tflite (python train.py)")
+        raise SystemExit("error: the shipped detector not_digit.tflite is absent (python detector.py)")
     inference.predict(x_test[:1000])  # allocations and worker start-up, not timed
     rates = {"with the detector": [], "without": []}
     try:

@@ -19,7 +19,7 @@ import pytest
 
 import outputs
 import train
-from conftest import FIXTURE, ROOT, TINY_DETECTOR
+from conftest import FEW_RENDERINGS, FIXTURE, ROOT
 
 # stage -> (what to patch, after how many calls it kills, the set the folder must then hold)
 STAGES = {
@@ -98,7 +98,7 @@ def stage_params():
 def test_killed_at_any_stage_leaves_one_set(folder_with_a_set, stage):
     target, after, expected = STAGES[stage]
     folder = folder_with_a_set
-    args = ["--data", str(FIXTURE), "--epochs", "1", "--detector-negatives", "8", "--detector-renderings", "2", "--batch-size", "32", "--seed", "7", "--out-dir", str(folder)]
+    args = ["--data", str(FIXTURE), "--epochs", "1", "--realistic-renderings", "1", "--batch-size", "32", "--seed", "7", "--out-dir", str(folder)]
     result = subprocess.run([sys.executable, "-c", KILLER, target, str(after), *args], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
@@ -120,7 +120,7 @@ def test_killed_at_any_stage_leaves_one_set(folder_with_a_set, stage):
 
 def test_a_complete_run_replaces_the_set(folder_with_a_set):
     folder = folder_with_a_set
-    metrics = train.train(train.TrainConfig(**TINY_DETECTOR, data=str(FIXTURE), epochs=1, batch_size=32, seed=7, out_dir=str(folder)))
+    metrics = train.train(train.TrainConfig(**FEW_RENDERINGS, data=str(FIXTURE), epochs=1, batch_size=32, seed=7, out_dir=str(folder)))
     assert set_state(folder) == "new" and metrics["files"]["mnist_cnn.keras"] == digest(folder / "mnist_cnn.keras")
     assert sorted(p.name for p in folder.iterdir()) == sorted(train.OUTPUT_FILES)
 
@@ -142,7 +142,7 @@ def test_a_diverging_run_stops_and_writes_nothing(folder_with_a_set, monkeypatch
     monkeypatch.setattr(train, "compile_model", compile_with_a_nan_loss)
     before = {p.name: digest(p) for p in folder.iterdir()}
     with pytest.raises(train.TrainingDiverged, match="epoch 1"):
-        train.train(train.TrainConfig(**TINY_DETECTOR, data=str(FIXTURE), epochs=3, batch_size=32, seed=7, out_dir=str(folder),
+        train.train(train.TrainConfig(**FEW_RENDERINGS, data=str(FIXTURE), epochs=3, batch_size=32, seed=7, out_dir=str(folder),
                                       precision="mixed_bfloat16"))
     assert {p.name: digest(p) for p in folder.iterdir()} == before
     assert keras.mixed_precision.global_policy().name == "float32"  # a later model is not built in bfloat16

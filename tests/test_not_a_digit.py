@@ -26,7 +26,7 @@ from synthetic import nondigits, realistic
 @pytest.fixture(scope="module")
 def detector_model():
     if load_classifier(inference.DEFAULT_MODEL).detector is None:
-        pytest.skip("the shipped model set has no not_digit.tflite (python train.py)")
+        pytest.skip("the shipped detector not_digit.tflite is absent (python detector.py)")
     return inference.DEFAULT_MODEL
 
 

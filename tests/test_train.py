@@ -14,7 +14,8 @@ from PIL import Image
 import export
 import pipeline
 import train
-from conftest import FIXTURE, ROOT, TINY_DETECTOR
+from cli import ConfigError
+from conftest import FEW_RENDERINGS, FIXTURE, ROOT
 
 
 def test_smoke_run_writes_outputs(smoke_run):
@@ -42,6 +43,9 @@ def test_smoke_run_writes_outputs(smoke_run):
     assert 0 <= saved["int8_test_accuracy"] <= 1 and 0 <= saved["int8_agreement_with_float"] <= 1
     assert set(saved["history"]) == {"accuracy", "loss", "cross_entropy",
                                      "val_accuracy", "val_loss", "val_cross_entropy"}
+    assert saved["detector"]["file"] == "not_digit.tflite"  # the shipped detector, measured on this run's digits
+    assert 0 <= saved["detector"]["test_digits_flagged"] <= 1 and 0 <= saved["detector"]["realistic_test_flagged"] <= 1
+    assert not (out / "not_digit.tflite").exists()  # not the training run's: detector.py fits it
     assert saved == metrics
 
 
@@ -64,7 +68,7 @@ def test_seed_makes_a_run_repeatable(smoke_run, tmp_path, monkeypatch):
     precision = metrics["config"]["precision"]
     fit, fits = train.fit, []
     monkeypatch.setattr(train, "fit", lambda *args: fits.append(fit(*args)) or fits[-1])
-    again = train.train(train.TrainConfig(**TINY_DETECTOR, data=metrics["data"], epochs=2, batch_size=32, out_dir=str(tmp_path), seed=1,
+    again = train.train(train.TrainConfig(**FEW_RENDERINGS, data=metrics["data"], epochs=2, batch_size=32, out_dir=str(tmp_path), seed=1,
                                           precision=precision))
     assert again["precision"]["step_seconds"] is None  # given, so not measured
     assert again["history"] == metrics["history"]
@@ -80,7 +84,7 @@ def test_below_target_accuracy_writes_the_set_and_exits_3(tmp_path, monkeypatch,
     monkeypatch.setattr(train, "filter_native_logs", lambda: None)  # keep pytest's stderr capture
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_:
-        train.main(["--data", str(FIXTURE), "--epochs", "1", "--detector-negatives", "8", "--detector-renderings", "2", "--batch-size", "32", "--precision", "float32",
+        train.main(["--data", str(FIXTURE), "--epochs", "1", "--realistic-renderings", "1", "--batch-size", "32", "--precision", "float32",
                     "--target-accuracy", "1", "--out-dir", str(out)])
     assert exit_.value.code == train.BELOW_TARGET_STATUS == 3
     assert sorted(p.name for p in out.iterdir()) == sorted(train.OUTPUT_FILES)
@@ -190,7 +194,7 @@ def test_offline_without_data_says_how_to_pass_it(tmp_path):
 
 
 def test_config_is_checked_when_built():
-    with pytest.raises(train.ConfigError, match="--zoom"):
+    with pytest.raises(ConfigError, match="--zoom"):
         train.TrainConfig(zoom=2.0)
     assert train.parse_args([]) == train.TrainConfig()
     assert train.parse_args([]).target_accuracy is None
