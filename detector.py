@@ -36,6 +36,7 @@ import numpy as np
 
 from classifier import DIGIT_THRESHOLD, MAX_RIVALS, cores
 from cli import check_settings, parse_config, setting
+from pipeline import VAL_FRACTION, split_validation
 
 DETECTOR_FILE = Path(__file__).resolve().parent / "not_digit.tflite"
 
@@ -59,7 +60,7 @@ class DetectorConfig:
     out: str = setting(str(DETECTOR_FILE), "the LiteRT file written (replaced only once the new one is whole)")
     seed: int = setting(0, "seeds the validation split (train.py's, at the same seed), the generated data and the fit",
                         0, 2**32 - 1)
-    val_fraction: float = setting(0.1, "share of MNIST's training digits held out to set the threshold on "
+    val_fraction: float = setting(VAL_FRACTION, "share of MNIST's training digits held out to set the threshold on "
                                        "(train.py's split)", 0, 0.9, low_open=True)
     negatives: int = setting(NEGATIVES_PER_KIND, "generated non-digits of each kind (letters, symbols, shapes, "
                                                  "several digits, photos) it learns from", 1, 100_000)
@@ -116,9 +117,9 @@ def detector_data(mnist, seed=0, negatives=NEGATIVES_PER_KIND, renderings=RENDER
                         np.concatenate([mnist_digits, joined(jobs, made, "train").images]), x_val, *joined(jobs, made, "val"))
 
 
-def realistic_test_inputs(x_test, y_test, seed=0, per_condition=RENDERINGS_PER_CONDITION // 2, workers=None):
-    """Inputs of realistic renderings of MNIST test digits, `per_condition` of each condition:
-    train.py measures its calibration on them, never chooses on them."""
+def realistic_test_inputs(x_test, y_test, seed, per_condition, workers=None):
+    """Inputs of realistic renderings of MNIST test digits, `per_condition` of each condition, made
+    as the detector's renderings are: train.py measures its calibration on them, never chooses on them."""
     jobs = rendering_jobs("test", per_condition, seed)
     return joined(jobs, run_jobs(jobs, {"test": (x_test, y_test)}, workers), "test")
 
@@ -262,7 +263,6 @@ def fit_and_save(config: DetectorConfig):
     """
     from data import file_kind, load_mnist
     from export import export_litert_int8
-    from pipeline import split_validation
 
     if config.data is not None:
         file_kind(config.data)  # a missing --data is reported before any work

@@ -26,7 +26,7 @@ from data import DataError, file_kind, load_mnist
 from detector import DETECTOR_FILE, flagged_share, realistic_test_inputs
 from export import export_litert, export_litert_int8, int8_metrics
 from outputs import ModelSet, OutputError
-from pipeline import STEPS_PER_EXECUTION, epoch_steps, make_train_dataset, split_validation
+from pipeline import STEPS_PER_EXECUTION, VAL_FRACTION, epoch_steps, make_train_dataset, split_validation
 from plots import plot_history
 from precision import Precision, choose_precision, global_policy
 from tflog import filter_native_logs
@@ -61,7 +61,7 @@ class TrainConfig:
     weight_decay: float = setting(0.01, "AdamW's decoupled weight decay", 0, 1)
     label_smoothing: float = setting(0.1, "share of each target spread over the other classes", 0, 0.99)
     warmup_epochs: float = setting(1.0, "epochs of linear learning-rate warm-up", 0, 1000)
-    val_fraction: float = setting(0.1, "share of the training set held out for validation "
+    val_fraction: float = setting(VAL_FRACTION, "share of the training set held out for validation "
                                        "(the test set is used once, at the end)", 0, 0.9, low_open=True)
     seed: int = setting(0, "seeds initialisation, the validation split, shuffling and augmentation", 0, 2**32 - 1)
     precision: str = setting("auto", "auto: whichever of float32 and mixed_bfloat16 runs a training step faster "
