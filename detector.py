@@ -24,6 +24,7 @@ run (its data and fit took 3.7 of train.py's 14 minutes): any classifier predict
 read_number() reads with the segment verifier (verifier.py).
 """
 
+import errno
 import multiprocessing
 import os
 import sys
@@ -267,15 +268,19 @@ def fit_and_save(config: DetectorConfig):
     if config.data is not None:
         file_kind(config.data)  # a missing --data is reported before any work
     out = Path(config.out)
+    if out.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "it is a folder, not a file")
     staged = out.with_name(f".{out.name}.new")
     staged.touch()  # an unwritable folder is reported before minutes of work, not after
-    staged.unlink()
-    (x_train, y_train), _ = load_mnist(config.data)
-    split = split_validation(x_train, y_train, config.val_fraction, config.seed)
-    data = detector_data(split, config.seed, config.negatives, config.renderings)
-    network, record = fit_detector(data, config.seed, config.epochs)
-    export_litert_int8(network, staged, rearrange=False)  # 1.5x faster than float32, the same verdicts
-    os.replace(staged, out)  # the old file stays whole until the new one is
+    try:
+        (x_train, y_train), _ = load_mnist(config.data)
+        split = split_validation(x_train, y_train, config.val_fraction, config.seed)
+        data = detector_data(split, config.seed, config.negatives, config.renderings)
+        network, record = fit_detector(data, config.seed, config.epochs)
+        export_litert_int8(network, staged, rearrange=False)  # 1.5x faster than float32, the same verdicts
+        os.replace(staged, out)  # the old file stays whole until the new one is
+    finally:
+        staged.unlink(missing_ok=True)  # a failed or interrupted fit leaves nothing behind
     return record
 
 

@@ -25,7 +25,7 @@ def test_fit_writes_a_detector_that_loads(tmp_path, small_mnist, capsys):
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no staged file left behind
 
 
-@pytest.mark.parametrize("problem", ["bad data", "no folder"])
+@pytest.mark.parametrize("problem", ["bad data", "no folder", "out is a folder"])
 def test_a_failed_fit_says_why_in_one_line_and_keeps_the_old_file(tmp_path, problem, capsys):
     out = tmp_path / "detector.tflite"
     out.write_bytes(b"the detector the user had")
@@ -33,14 +33,18 @@ def test_a_failed_fit_says_why_in_one_line_and_keeps_the_old_file(tmp_path, prob
     if problem == "bad data":
         data = tmp_path / "mnist.npz"
         data.write_bytes(b"not an archive")
-    else:
+    elif problem == "no folder":
         out = tmp_path / "missing" / "detector.tflite"
+    else:
+        out = tmp_path / "a folder"
+        out.mkdir()
     with pytest.raises(SystemExit) as exit_:
         detector.main(["--data", str(data), "--out", str(out), *TINY])
     message = str(exit_.value.code)
     assert message.startswith("error: ") and "\n" not in message
     assert str(data if problem == "bad data" else out) in message
     assert (tmp_path / "detector.tflite").read_bytes() == b"the detector the user had"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing staged left
 
 
 def test_bad_settings_are_one_line_errors():
