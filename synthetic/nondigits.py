@@ -16,7 +16,7 @@ Kinds:
 Letters, symbols, shapes and several digits are drawn through synthetic/realistic.py's
 conditions (paper, pens, lighting, blur, noise, JPEG...), one condition per image in
 turn, exactly as the realistic digits are. The two parts never share a font, a photo,
-an MNIST digit or a seed: "dev" (what train.py's detector learns from) and "held-out"
+an MNIST digit or a seed: "dev" (what detector.py's detector learns from) and "held-out"
 (the figures).
 
 Fonts and photos come from packages: Hershey-Fonts and scikit-image (requirements.txt;
