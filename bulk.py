@@ -39,7 +39,7 @@ except ImportError:
 import decode
 import inference
 import parallel
-from classifier import Classifier, ModelError, cores, is_digit, shipped_detector, load_classifier
+from classifier import Classifier, ModelError, cores, is_digit, load_classifier, shipped_detector
 from errors import ImageError, ImageTooLargeError, UnreadableImageError
 from preprocess import SIZE
 

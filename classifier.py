@@ -223,19 +223,23 @@ def load_classifier(path):
 
 
 def shipped_detector(threads=None):
-    """The "not a digit" detector shipped with the code (a Classifier of width 1), or None when
-    its file is missing; raise ModelError if it cannot be loaded."""
+    """The "not a digit" detector shipped with the code (detector.py), as shipped_scorer() loads it."""
     from detector import DETECTOR_FILE
 
-    return opened(DETECTOR_FILE, functools.partial(Classifier, threads=threads, width=1)) if DETECTOR_FILE.is_file() else None
+    return shipped_scorer(DETECTOR_FILE, threads)
 
 
 def segment_verifier():
-    """read_number()'s segment verifier, shipped with the code (a Classifier of width 1), or None
-    when its file is missing; raise ModelError if it cannot be loaded."""
+    """read_number()'s segment verifier shipped with the code (verifier.py), as shipped_scorer() loads it."""
     from verifier import VERIFIER_FILE
 
-    return opened(VERIFIER_FILE, functools.partial(Classifier, width=1)) if VERIFIER_FILE.is_file() else None
+    return shipped_scorer(VERIFIER_FILE)
+
+
+def shipped_scorer(path, threads=None):
+    """A network shipped with the code that scores each 28x28 input 0-1 (a Classifier of width 1),
+    or None when its file is missing; raise ModelError if it cannot be loaded."""
+    return opened(path, functools.partial(Classifier, threads=threads, width=1)) if path.is_file() else None
 
 
 # predict() never needs it: loaded when read_number() first does, once per process, for any model
