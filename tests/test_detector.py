@@ -52,3 +52,16 @@ def test_bad_settings_are_one_line_errors():
                             timeout=60)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: --epochs must be at least 1") and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["detector", "verifier"])
+def test_the_shipped_files_have_the_layers_the_code_builds(name):
+    # the defaults reproduce the shipped files: the detector and the segment verifier are both build_detector()'s
+    import verifier
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = {"detector": detector.DETECTOR_FILE, "verifier": verifier.VERIFIER_FILE}[name]
+    built = {tuple(np.moveaxis(np.zeros(w.shape), -1, 0).shape)  # Keras keeps out-channels last, LiteRT first
+             for w in detector.build_detector().weights if len(w.shape) >= 2}
+    shipped = {tuple(int(n) for n in d["shape"]) for d in Interpreter(model_path=str(path)).get_tensor_details()}
+    assert len(built) == 5 and built <= shipped
