@@ -76,6 +76,8 @@ class TrainConfig:
                                   "0.2 points of validation)", 0, 0.9)
     shift: float = setting(2.0, "augmentation: max translation, pixels", 0, 14)
     stroke: float = setting(0.5, "augmentation: max stroke thinning/thickening, 0-1", 0, 1)
+    elastic: float = setting(0.0, "augmentation: elastic distortion's strength alpha, pixels (Simard et al. 2003, "
+                                  "sigma 4); off, as 12 and 34 lowered validation (README: The recipe, and why)", 0, 100)
     realistic_renderings: int = setting(50, "realistic renderings of test digits per condition (16 conditions) that "
                                             "the calibration is measured on, never chosen on", 1, 10_000)
     target_accuracy: Optional[float] = setting(None, "a self-check, 0-1: a test accuracy below it still writes the "

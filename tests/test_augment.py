@@ -63,3 +63,23 @@ def test_squeeze_makes_digits_narrower_or_flatter_only(small_mnist):
         flatter += h1 < h0 - 1 and w1 >= w0 - 1
     assert narrower >= 10 and flatter >= 10  # both ways, about a third of them each by a visible amount
     assert np.array_equal(augmented(x, 3, squeeze=0, **still), x.astype(np.float32))
+
+
+def test_elastic_distortion_bends_strokes_without_losing_them(shipped_model, small_mnist):
+    x, y = small_mnist["x_test"][:64], small_mnist["y_test"][:64]
+    still = dict(rotation=0, zoom=0, shear=0, squeeze=0, shift=0, stroke=0)
+    warped = augmented(x, 4, elastic=12.0, **still)
+    assert np.array_equal(warped, augmented(x, 4, elastic=12.0, **still))
+    assert not np.array_equal(warped, augmented(x, 5, elastic=12.0, **still))
+    assert np.abs(warped - x).mean() > 3  # the strokes moved...
+    ink = warped.sum(axis=(1, 2)) / x.sum(axis=(1, 2))
+    # ...but were bent, not erased or smeared: a stroke squeezed here is stretched there
+    assert 0.95 < ink.mean() < 1.05 and ink.min() > 0.7
+    accuracy = np.mean([p.digit == label for p, label in zip(predict(list(warped)), y)])
+    assert accuracy >= 0.9
+
+
+def test_elastic_distortion_resamples_once_with_the_affine_map(small_mnist):
+    # with a vanishing field the combined sampler gives what the affine transform alone gives
+    x = small_mnist["x_test"][:64]
+    assert np.abs(augmented(x, 3, elastic=1e-6) - augmented(x, 3)).max() < 0.01
